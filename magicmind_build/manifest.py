@@ -1,0 +1,68 @@
+"""``manifest.json``: what an engine artifact is, how it was built, and whether its weights are trained.
+
+Written by the builder next to the engine file; read by the Triton models (to find the engine)
+and reported by the gateway (so an untrained model is never mistaken for a trained one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Literal
+
+MANIFEST_NAME = "manifest.json"
+WeightsKind = Literal["untrained", "checkpoint", "pretrained"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """Description of one built engine.
+
+    Args:
+        model: model name (also the Triton model name).
+        task: ``qa``, ``detect`` or ``classify``.
+        architecture: e.g. ``bert``, ``yolov5``.
+        config: the architecture's hyper-parameters.
+        weights: ``untrained`` (deterministic random init), ``checkpoint`` (user-supplied) or ``pretrained``.
+        weights_source: where the weights came from (a path, a package, or the random seed).
+        weights_sha256: digest of the weights file, empty for random init.
+        engine_file: engine file name, relative to the manifest.
+        engine_format: ``onnx`` or ``magicmind``.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        engine_sha256: digest of the engine file.
+        inputs: ``{name: {"dtype": ..., "shape": [...]}}`` with -1 for the batch dimension.
+        outputs: same for outputs.
+        built_at: ISO-8601 UTC build time.
+        builder: versions of the tools that built it.
+    """
+
+    model: str
+    task: str
+    architecture: str
+    config: dict[str, Any]
+    weights: WeightsKind
+    weights_source: str
+    weights_sha256: str
+    engine_file: str
+    engine_format: str
+    precision: str
+    engine_sha256: str
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    built_at: str
+    builder: dict[str, str]
+
+    @property
+    def trained(self) -> bool:
+        return self.weights != "untrained"
+
+    def write(self, directory: pathlib.Path) -> pathlib.Path:
+        path = pathlib.Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, directory: pathlib.Path) -> Manifest:
+        data = json.loads((pathlib.Path(directory) / MANIFEST_NAME).read_text())
+        return cls(**data)

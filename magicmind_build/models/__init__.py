@@ -1,0 +1,1 @@
+"""PyTorch definitions of the served models, parameter names compatible with the usual checkpoints."""

@@ -1,0 +1,9 @@
+"""Run the real ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel.
+
+The wheel is used only as a carrier for the binary and the Python backend;
+the models served are plain Triton Python-backend models from ``triton_repo/``.
+"""
+
+from triton_local.server import TritonServer, TritonServerConfig, TritonServerError
+
+__all__ = ["TritonServer", "TritonServerConfig", "TritonServerError"]

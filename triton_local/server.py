@@ -1,0 +1,221 @@
+"""The tritonserver subprocess as a context manager.
+
+Start it, wait for readiness with a deadline, stop it with SIGINT and then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import IO
+
+LOGGER = logging.getLogger(__name__)
+
+_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+
+
+class TritonServerError(RuntimeError):
+    """tritonserver could not be found, did not become ready, or died."""
+
+
+@dataclasses.dataclass
+class TritonServerConfig:
+    """How to run tritonserver.
+
+    Args:
+        model_repository: directory holding one folder per model (``config.pbtxt`` + version dirs).
+        http_port: port of the HTTP/REST endpoint (also used for the readiness probe).
+        grpc_port: port of the gRPC endpoint the gateway talks to.
+        metrics_port: port of the Prometheus metrics endpoint.
+        host: address all endpoints bind to.
+        work_dir: where the backend directory is laid out; a temporary one when None.
+        startup_timeout_s: deadline for the server and all models to become ready.
+        shutdown_timeout_s: how long to wait after SIGINT before SIGKILL.
+        log_verbose: tritonserver ``--log-verbose`` level.
+        log_file: where the server's stdout/stderr go; inherited from this process when None.
+        extra_args: further command-line arguments passed to tritonserver verbatim.
+    """
+
+    model_repository: pathlib.Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    work_dir: pathlib.Path | None = None
+    startup_timeout_s: float = 300.0
+    shutdown_timeout_s: float = 30.0
+    log_verbose: int = 0
+    log_file: pathlib.Path | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+def _pytriton_root() -> pathlib.Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonServerError("nvidia-pytriton is not installed; `pip install nvidia-pytriton==0.7.0`")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def tritonserver_binary() -> pathlib.Path:
+    """Path of the tritonserver executable shipped in the nvidia-pytriton wheel."""
+    binary = _pytriton_root() / "bin" / "tritonserver"
+    if not binary.exists():
+        raise TritonServerError(f"tritonserver binary not found at {binary}")
+    return binary
+
+
+def prepare_backend_dir(work_dir: pathlib.Path) -> pathlib.Path:
+    """Lay out ``<work_dir>/backends/python`` with the Python backend and this interpreter's stub."""
+    root = _pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {name: root / "backends" / "python" / name for name in _BACKEND_FILES}
+    sources["triton_python_backend_stub"] = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    backend_dir = work_dir / "backends"
+    python_dir = backend_dir / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        if not source.exists():
+            raise TritonServerError(f"missing Python backend file {source}")
+        link = python_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return backend_dir
+
+
+class TritonServer:
+    """A running tritonserver; use as ``with TritonServer(config) as server: ...``."""
+
+    def __init__(self, config: TritonServerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
+
+    def command(self, backend_dir: pathlib.Path) -> list[str]:
+        cfg = self.config
+        return [
+            str(tritonserver_binary()),
+            f"--model-repository={pathlib.Path(cfg.model_repository).resolve()}",
+            f"--backend-directory={backend_dir}",
+            f"--http-address={cfg.host}",
+            f"--http-port={cfg.http_port}",
+            f"--grpc-address={cfg.host}",
+            f"--grpc-port={cfg.grpc_port}",
+            f"--metrics-address={cfg.host}",
+            f"--metrics-port={cfg.metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--log-verbose={cfg.log_verbose}",
+            *cfg.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this interpreter's bin dir first on PATH.
+
+        The Python-backend stub embeds the system libpython and resolves its prefix from
+        ``python3`` on PATH, so the virtualenv's packages are what ``model.py`` imports.
+        """
+        env = dict(os.environ)
+        bin_dir = str(pathlib.Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        return env
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise TritonServerError("already started")
+        if self.config.work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tritonserver-")
+            work_dir = pathlib.Path(self._tmp.name)
+        else:
+            work_dir = pathlib.Path(self.config.work_dir)
+        backend_dir = prepare_backend_dir(work_dir)
+        cmd = self.command(backend_dir)
+        LOGGER.info("starting %s", " ".join(cmd))
+        stdout: IO[bytes] | None = None
+        if self.config.log_file is not None:
+            self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.config.log_file, "ab")  # noqa: SIM115 - closed in stop()
+            stdout = self._log
+        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, list argv
+            cmd, env=self.environment(), stdout=stdout, stderr=subprocess.STDOUT if stdout else None
+        )
+        try:
+            self.wait_ready(self.config.startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:  # noqa: S310
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise TritonServerError(f"tritonserver exited with code {code} before becoming ready")
+            if self.is_ready():
+                LOGGER.info("tritonserver ready at %s (gRPC %s)", self.http_url, self.grpc_url)
+                return
+            time.sleep(0.5)
+        raise TritonServerError(f"tritonserver not ready after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            LOGGER.info("stopping tritonserver (SIGINT)")
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=self.config.shutdown_timeout_s)
+            except subprocess.TimeoutExpired:
+                LOGGER.warning("tritonserver ignored SIGINT for %.0fs; killing", self.config.shutdown_timeout_s)
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def wait(self) -> int:
+        """Block until the server exits; returns its exit code."""
+        if self._process is None:
+            raise TritonServerError("not started")
+        return self._process.wait()
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
