@@ -1,0 +1,99 @@
+"""``create_app(settings)``: the FastAPI application."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.routes import classify, detect, health, qa
+from gateway.services import Services
+from gateway.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None) -> JSONResponse:
+    body: dict[str, object] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        if exc.status_code >= 500:
+            LOGGER.warning("%s: %s", exc.code, exc.message)
+        return _error(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        summary = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details)
+        return _error(422, "validation_error", summary or "invalid request", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        LOGGER.exception("unhandled error")
+        return _error(500, "internal_error", "internal error")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway app; its lifespan owns the Triton client and the task pipelines."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.create(settings, metrics)
+        app.state.services = services
+        LOGGER.info(
+            "gateway up: Triton %s, models %s",
+            settings.triton_url,
+            {m.name: m.weights for m in services.models},
+        )
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="Inference gateway",
+        description="BERT QA, YOLOv5n detection and ImageNet classification in front of Triton",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.request_latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for module in (qa, detect, classify, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,52 @@
+"""What the gateway knows of each served model: its engine manifest, read once at start-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+from pydantic import BaseModel
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ModelInfo(BaseModel):
+    """Provenance of a served model.
+
+    ``weights`` is ``untrained`` (deterministic random init: outputs are not meaningful),
+    ``checkpoint``, ``pretrained``, or ``unknown`` when the gateway cannot read the manifest.
+    """
+
+    name: str
+    task: str
+    weights: str
+    architecture: str | None = None
+    weights_source: str | None = None
+    precision: str | None = None
+    engine_format: str | None = None
+    config: dict[str, object] | None = None
+
+
+def read_model_info(repository: pathlib.Path | None, name: str, task: str) -> ModelInfo:
+    """Read ``<repository>/<name>/<newest version>/manifest.json``; ``weights="unknown"`` if absent."""
+    if repository is not None:
+        versions = sorted(
+            (p for p in (repository / name).glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+        )
+        for version in reversed(versions):
+            path = version / "manifest.json"
+            if path.exists():
+                data = json.loads(path.read_text())
+                return ModelInfo(
+                    name=name,
+                    task=task,
+                    weights=data["weights"],
+                    architecture=data.get("architecture"),
+                    weights_source=data.get("weights_source"),
+                    precision=data.get("precision"),
+                    engine_format=data.get("engine_format"),
+                    config=data.get("config"),
+                )
+    LOGGER.warning("no manifest for %s under %s; weights provenance unknown", name, repository)
+    return ModelInfo(name=name, task=task, weights="unknown")

@@ -1,0 +1,77 @@
+"""Gateway errors. Each carries its HTTP status and a stable machine-readable code.
+
+Exception tree::
+
+    GatewayError
+    ├── RequestError                 4xx: the client's request is at fault
+    │   ├── InvalidImage             400 invalid_image: not decodable as an image
+    │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
+    │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   ├── InvalidText              422 invalid_text: empty or over-long question/context
+    │   └── UnknownModel             404 unknown_model: no such model for this task
+    └── UpstreamError                5xx: Triton is at fault
+        ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
+        ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
+        └── InferenceFailed          502 inference_failed: Triton answered with an error
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(GatewayError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidImage(RequestError):
+    status_code = 400
+    code = "invalid_image"
+
+
+class UnsupportedMediaType(RequestError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidText(RequestError):
+    status_code = 422
+    code = "invalid_text"
+
+
+class UnknownModel(RequestError):
+    status_code = 404
+    code = "unknown_model"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    code = "upstream_error"
+
+
+class TritonUnavailable(UpstreamError):
+    status_code = 503
+    code = "triton_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class InferenceFailed(UpstreamError):
+    status_code = 502
+    code = "inference_failed"

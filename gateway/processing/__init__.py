@@ -1,0 +1,1 @@
+"""Pure pre/post-processing: bytes and arrays in, arrays out; no I/O, no network."""

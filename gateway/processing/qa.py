@@ -1,0 +1,123 @@
+"""SQuAD-style QA: question + context -> overlapping token windows; logits -> answer spans."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from gateway.errors import InvalidText
+
+
+@dataclasses.dataclass(frozen=True)
+class QAFeatures:
+    """All windows of one question/context pair, ready for one batched engine call.
+
+    Args:
+        input_ids, attention_mask, token_type_ids: int64 [W, S].
+        context_mask: bool [W, S], True where the token belongs to the context.
+        offsets: int64 [W, S, 2], character span of each token inside the context.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    context_mask: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def windows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One answer candidate.
+
+    Args:
+        text: the answer, a substring of the context.
+        start, end: character offsets of the answer in the context (end exclusive).
+        score: start logit + end logit.
+        probability: softmax of ``score`` over the n-best candidates of all windows.
+    """
+
+    text: str
+    start: int
+    end: int
+    score: float
+    probability: float
+
+
+def configure_tokenizer(tokenizer: Tokenizer, max_seq_len: int, doc_stride: int) -> Tokenizer:
+    """Truncate only the context into ``max_seq_len`` windows overlapping by ``doc_stride`` tokens."""
+    tokenizer.enable_truncation(max_length=max_seq_len, stride=doc_stride, strategy="only_second")
+    tokenizer.enable_padding(length=max_seq_len)
+    return tokenizer
+
+
+def encode_qa(tokenizer: Tokenizer, question: str, context: str, max_question_tokens: int) -> QAFeatures:
+    """Tokenise with a tokenizer prepared by :func:`configure_tokenizer`; one row per context window."""
+    question, context_stripped = question.strip(), context.strip()
+    if not question:
+        raise InvalidText("question is empty")
+    if not context_stripped:
+        raise InvalidText("context is empty")
+    # The tokenizer pads (and truncates) every encoding; count only real question tokens.
+    n_question = sum(tokenizer.encode(question, add_special_tokens=False).attention_mask)
+    if n_question > max_question_tokens:
+        raise InvalidText(f"question has {n_question} tokens; the limit is {max_question_tokens}")
+    encoding = tokenizer.encode(question, context)
+    windows = [encoding, *encoding.overflowing]
+    context_mask = np.array([[sid == 1 for sid in w.sequence_ids] for w in windows], dtype=bool)
+    if not context_mask.any():
+        raise InvalidText("context has no tokens")
+    return QAFeatures(
+        input_ids=np.array([w.ids for w in windows], dtype=np.int64),
+        attention_mask=np.array([w.attention_mask for w in windows], dtype=np.int64),
+        token_type_ids=np.array([w.type_ids for w in windows], dtype=np.int64),
+        context_mask=context_mask,
+        offsets=np.array([w.offsets for w in windows], dtype=np.int64),
+    )
+
+
+def decode_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    features: QAFeatures,
+    context: str,
+    n_best: int,
+    max_answer_tokens: int,
+    top_k: int = 1,
+) -> list[Span]:
+    """Best ``top_k`` spans over all windows, as in the SQuAD reference post-processing."""
+    candidates: list[tuple[float, int, int]] = []
+    for w in range(features.windows):
+        start, end, is_context = start_logits[w], end_logits[w], features.context_mask[w]
+        # n-best among context tokens only: question, special and padding tokens are never answers.
+        context_idx = np.flatnonzero(is_context)
+        starts = context_idx[np.argsort(-start[context_idx], kind="stable")[:n_best]]
+        ends = context_idx[np.argsort(-end[context_idx], kind="stable")[:n_best]]
+        for s in starts:
+            for e in ends:
+                if e < s or e - s + 1 > max_answer_tokens:
+                    continue
+                char_start, char_end = int(features.offsets[w, s, 0]), int(features.offsets[w, e, 1])
+                candidates.append((float(start[s]) + float(end[e]), char_start, char_end))
+    if not candidates:
+        return []
+    # Best score first; ties go to the earlier span (stable on window order).
+    candidates.sort(key=lambda c: -c[0])
+    scores = np.array([c[0] for c in candidates], dtype=np.float64)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    spans: list[Span] = []
+    seen: set[tuple[int, int]] = set()
+    for (score, s, e), p in zip(candidates, probs):
+        if (s, e) in seen:  # the same text found again in an overlapping window
+            continue
+        seen.add((s, e))
+        spans.append(Span(text=context[s:e], start=s, end=e, score=score, probability=float(p)))
+        if len(spans) == top_k:
+            break
+    return spans

@@ -1,0 +1,1 @@
+"""HTTP routes: parse the request, call a task, shape the response. Nothing else."""

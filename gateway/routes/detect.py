@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+
+from gateway.deps import ServicesDep, SettingsDep
+from gateway.labels import coco
+from gateway.routes._http import read_upload, set_model_headers
+from gateway.schemas import DetectResponse, Detection, ErrorResponse, ImageSize
+from gateway.tasks.detect import DetectQuery
+
+router = APIRouter(tags=["detect"])
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
+
+
+@router.post("/detect", response_model=DetectResponse, responses=_ERRORS)
+async def detect_objects(
+    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP image")],
+    services: ServicesDep,
+    settings: SettingsDep,
+    response: Response,
+    conf_threshold: Annotated[float | None, Query(gt=0.0, lt=1.0)] = None,
+    iou_threshold: Annotated[float | None, Query(gt=0.0, le=1.0)] = None,
+) -> DetectResponse:
+    """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
+    data = await read_upload(file, settings.max_upload_bytes)
+    task = services.detect
+    query = DetectQuery(
+        data,
+        settings.detect_conf_threshold if conf_threshold is None else conf_threshold,
+        settings.detect_iou_threshold if iou_threshold is None else iou_threshold,
+    )
+    detections, box = await task(query)
+    set_model_headers(response, task.model)
+    names = coco()
+    return DetectResponse(
+        detections=[
+            Detection(box=tuple(float(v) for v in b), score=float(s), class_id=int(c), label=names[int(c)])  # type: ignore[arg-type]
+            for b, s, c in zip(detections.boxes, detections.scores, detections.classes)
+        ],
+        image=ImageSize(width=box.width, height=box.height),
+        model=task.model,
+    )

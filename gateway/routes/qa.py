@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from gateway.deps import ServicesDep
+from gateway.routes._http import set_model_headers
+from gateway.schemas import Answer, ErrorResponse, QARequest, QAResponse
+from gateway.tasks.qa import QAQuery
+
+router = APIRouter(tags=["qa"])
+
+
+@router.post("/qa", response_model=QAResponse, responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+async def answer_question(body: QARequest, services: ServicesDep, response: Response) -> QAResponse:
+    """Extractive question answering over ``context`` (SQuAD style)."""
+    task = services.qa
+    result = await task(QAQuery(body.question, body.context, body.top_k))
+    set_model_headers(response, task.model)
+    answers = [
+        Answer(text=s.text, start=s.start, end=s.end, score=s.score, probability=s.probability) for s in result.spans
+    ]
+    return QAResponse(
+        answer=answers[0].text if answers else "", answers=answers, windows=result.windows, model=task.model
+    )

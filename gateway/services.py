@@ -1,0 +1,61 @@
+"""The long-lived objects of one app: the Triton client and the task pipelines."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gateway.catalog import ModelInfo, read_model_info
+from gateway.errors import UnknownModel
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.tasks.classify import ClassifyTask
+from gateway.tasks.detect import DetectTask
+from gateway.tasks.qa import QATask, load_tokenizer
+from gateway.triton import TritonClient
+
+
+@dataclasses.dataclass
+class Services:
+    """Args:
+    client: the one Triton client.
+    qa: the QA pipeline.
+    detect: the detection pipeline.
+    classify: classification pipelines by model name; the first is the default.
+    """
+
+    client: TritonClient
+    qa: QATask
+    detect: DetectTask
+    classify: dict[str, ClassifyTask]
+
+    @classmethod
+    def create(cls, settings: Settings, metrics: Metrics) -> Services:
+        client = TritonClient.from_settings(settings)
+        repo = settings.model_repository
+
+        def info(name: str, task: str) -> ModelInfo:
+            return read_model_info(repo, name, task)
+
+        return cls(
+            client=client,
+            qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
+            detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings),
+            classify={
+                name: ClassifyTask(info(name, "classify"), client, metrics, settings) for name in settings.classify_models
+            },
+        )
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return [self.qa.model, self.detect.model, *(task.model for task in self.classify.values())]
+
+    def classifier(self, name: str | None) -> ClassifyTask:
+        if name is None:
+            return next(iter(self.classify.values()))
+        try:
+            return self.classify[name]
+        except KeyError:
+            raise UnknownModel(f"unknown classification model {name!r}; choose one of {sorted(self.classify)}") from None
+
+    async def close(self) -> None:
+        await self.client.close()

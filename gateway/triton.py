@@ -1,0 +1,108 @@
+"""The gateway's one asyncio gRPC client to Triton.
+
+Retries only ``UNAVAILABLE`` (Triton restarting or not yet listening), with exponential
+back-off, so that a request in flight survives a short outage; every other failure maps to a
+narrow :mod:`gateway.errors` leaf at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from gateway.errors import InferenceFailed, TritonUnavailable, UpstreamTimeout
+from gateway.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+_UNAVAILABLE = "StatusCode.UNAVAILABLE"
+_DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
+_MAX_MESSAGE = 2**31 - 1
+
+
+class TritonClient:
+    """Async inference against one Triton server.
+
+    Args:
+        url: gRPC ``host:port``.
+        timeout_s: deadline of each call.
+        retries: extra attempts after ``UNAVAILABLE``.
+        backoff_s: first back-off; doubles per retry.
+    """
+
+    def __init__(self, url: str, timeout_s: float, retries: int, backoff_s: float) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._client = grpcclient.InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ],
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TritonClient:
+        return cls(settings.triton_url, settings.triton_timeout_s, settings.triton_retries, settings.triton_retry_backoff_s)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _call(self, what: str, coro_factory: Any) -> Any:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return await coro_factory()
+            except InferenceServerException as exc:
+                status = exc.status()
+                if status == _UNAVAILABLE and attempt < self.retries:
+                    LOGGER.warning("%s: Triton unavailable (attempt %d), retrying in %.2fs", what, attempt + 1, delay)
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                if status == _UNAVAILABLE:
+                    raise TritonUnavailable(f"Triton at {self.url} is unavailable: {exc.message()}") from exc
+                if status == _DEADLINE:
+                    raise UpstreamTimeout(f"{what} took longer than {self.timeout_s}s") from exc
+                raise InferenceFailed(f"{what} failed: {exc.message()}") from exc
+        raise AssertionError("unreachable")
+
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """One inference call; returns the requested outputs as arrays."""
+        infer_inputs = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            infer_inputs.append(tensor)
+        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        result = await self._call(
+            f"inference on {model}",
+            lambda: self._client.infer(model, infer_inputs, outputs=requested, client_timeout=self.timeout_s),
+        )
+        return {name: result.as_numpy(name) for name in outputs}
+
+    async def max_batch_size(self, model: str) -> int:
+        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
+        return int(config["config"].get("max_batch_size", 0))
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=2.0))
+        except InferenceServerException:
+            return False
+
+    async def model_ready(self, model: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(model, client_timeout=2.0))
+        except InferenceServerException:
+            return False
