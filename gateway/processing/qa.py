@@ -63,11 +63,13 @@ def encode_qa(tokenizer: Tokenizer, question: str, context: str, max_question_to
         raise InvalidText("question is empty")
     if not context_stripped:
         raise InvalidText("context is empty")
-    # The tokenizer pads (and truncates) every encoding; count only real question tokens.
-    n_question = sum(tokenizer.encode(question, add_special_tokens=False).attention_mask)
+    try:
+        encoding = tokenizer.encode(question, context)
+    except Exception as exc:  # the Rust tokenizer raises a bare Exception when the question fills the window
+        raise InvalidText(f"question is too long for a {tokenizer.truncation['max_length']}-token window") from exc
+    n_question = sum(1 for sid in encoding.sequence_ids if sid == 0)
     if n_question > max_question_tokens:
         raise InvalidText(f"question has {n_question} tokens; the limit is {max_question_tokens}")
-    encoding = tokenizer.encode(question, context)
     windows = [encoding, *encoding.overflowing]
     context_mask = np.array([[sid == 1 for sid in w.sequence_ids] for w in windows], dtype=bool)
     if not context_mask.any():

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny engines in a copy of triton_repo/, a real tritonserver, the gateway app.
+
+Tests use the small (``tiny``) model configurations for speed; every component is real.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway import Settings, create_app
+from magicmind_build.build import build_engine
+from magicmind_build.engine import OnnxRuntimeEngine
+from magicmind_build.specs import SPECS
+from triton_local import TritonServer, TritonServerConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A copy of ``triton_repo/`` with tiny engines built into it."""
+    repo = tmp_path_factory.mktemp("repo") / "triton_repo"
+    shutil.copytree(ROOT / "triton_repo", repo, ignore=shutil.ignore_patterns("*.onnx", "manifest.json", "__pycache__"))
+    for name, spec in SPECS.items():
+        build_engine(spec, repo / name / "1", size="tiny")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    config = TritonServerConfig(
+        model_repository=model_repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        startup_timeout_s=240,
+        log_file=log,
+    )
+    with TritonServer(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def settings(triton: TritonServer, model_repo: pathlib.Path) -> Settings:
+    return Settings(triton_url=triton.grpc_url, model_repository=model_repo, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def engines(model_repo: pathlib.Path) -> dict[str, OnnxRuntimeEngine]:
+    """The same artifacts Triton serves, loaded directly: the bare-engine reference."""
+    return {name: OnnxRuntimeEngine(model_repo / name / "1" / "model.onnx") for name in SPECS}
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=95)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path.read_bytes()

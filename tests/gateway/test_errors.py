@@ -1,0 +1,104 @@
+"""Bad input gets a clear 4xx with a JSON error body; an unreachable Triton gets 503."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from gateway import Settings, create_app
+from tests.conftest import free_port
+
+
+def _image(fmt: str, size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _assert_error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+@pytest.mark.parametrize(
+    ("payload", "content_type", "status", "code"),
+    [
+        (b"definitely not an image", "image/jpeg", 400, "invalid_image"),
+        (b"", "image/png", 400, "invalid_image"),
+        (_image("PNG")[:60], "image/png", 400, "invalid_image"),
+        (_image("GIF"), "image/gif", 415, "unsupported_media_type"),
+        (_image("GIF"), "application/octet-stream", 415, "unsupported_media_type"),
+        (_image("BMP"), "image/bmp", 415, "unsupported_media_type"),
+        (_image("PNG"), "text/plain", 415, "unsupported_media_type"),
+    ],
+    ids=["garbage", "empty", "truncated", "gif", "gif-octet-stream", "bmp", "text-plain"],
+)
+def test_bad_uploads(client: TestClient, route: str, payload: bytes, content_type: str, status: int, code: str) -> None:
+    _assert_error(client.post(route, files={"file": ("upload", payload, content_type)}), status, code)
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_missing_file_is_422(client: TestClient, route: str) -> None:
+    _assert_error(client.post(route), 422, "validation_error")
+
+
+def test_unknown_classifier_is_404(client: TestClient) -> None:
+    response = client.post("/classify", params={"model": "vgg16"}, files={"file": ("a.png", _image("PNG"), "image/png")})
+    _assert_error(response, 404, "unknown_model")
+
+
+def test_bad_query_parameters_are_422(client: TestClient) -> None:
+    files = {"file": ("a.png", _image("PNG"), "image/png")}
+    _assert_error(client.post("/detect", params={"conf_threshold": 2}, files=files), 422, "validation_error")
+    _assert_error(client.post("/classify", params={"top_k": 0}, files=files), 422, "validation_error")
+
+
+@pytest.fixture(scope="module")
+def small_limits_client(settings: Settings) -> Iterator[TestClient]:
+    limited = settings.model_copy(update={"max_upload_bytes": 2048, "max_image_pixels": 100 * 100})
+    with TestClient(create_app(limited)) as test_client:
+        yield test_client
+
+
+def test_upload_over_size_limit_is_413(small_limits_client: TestClient) -> None:
+    big = _image("PNG", (64, 64)) + b"\0" * 4096
+    _assert_error(small_limits_client.post("/detect", files={"file": ("a.png", big, "image/png")}), 413, "payload_too_large")
+
+
+def test_image_over_pixel_limit_is_413(small_limits_client: TestClient) -> None:
+    wide = _image("PNG", (400, 30))  # small file, 12000 pixels
+    assert len(wide) < 2048
+    response = small_limits_client.post("/classify", files={"file": ("a.png", wide, "image/png")})
+    _assert_error(response, 413, "payload_too_large")
+
+
+@pytest.fixture(scope="module")
+def no_triton_client(model_repo) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        triton_url=f"127.0.0.1:{free_port()}", model_repository=model_repo, triton_retries=1,
+        triton_retry_backoff_s=0.01, _env_file=None,  # type: ignore[call-arg]
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_unreachable_triton_is_503(no_triton_client: TestClient) -> None:
+    _assert_error(no_triton_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 503, "triton_unavailable")
+    response = no_triton_client.post("/classify", files={"file": ("a.png", _image("PNG"), "image/png")})
+    _assert_error(response, 503, "triton_unavailable")
+    assert no_triton_client.get("/readyz").status_code == 503
+    assert no_triton_client.get("/healthz").status_code == 200
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "http_error"

@@ -1,0 +1,36 @@
+"""Health, readiness, model info and metrics."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_when_triton_and_models_are_ready(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["models"] == {
+        "bert_qa": True, "yolov5n": True, "resnet50_vd": True, "efficientnet_lite0": True,
+    }
+
+
+def test_models_report_weights_provenance(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert models["bert_qa"]["weights"] == "untrained"
+    assert models["yolov5n"]["weights"] == "untrained"
+    assert models["resnet50_vd"]["weights"] == "untrained"
+    assert models["efficientnet_lite0"]["weights"] == "pretrained"
+    assert all(m["ready"] for m in models.values())
+    assert models["bert_qa"]["config"]["size"] == "tiny"
+
+
+def test_metrics_have_a_histogram_per_stage(client: TestClient) -> None:
+    client.post("/qa", json={"question": "who?", "context": "Ada wrote it."})
+    text = client.get("/metrics").text
+    for stage in ("preprocess", "postprocess"):
+        assert f'gateway_{stage}_seconds_count{{task="qa"}}' in text
+    assert 'gateway_inference_seconds_count{model="bert_qa",task="qa"}' in text
+    assert 'gateway_requests_total{route="/qa",status="200"}' in text

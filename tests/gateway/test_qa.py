@@ -1,0 +1,105 @@
+"""/qa end to end against a real tritonserver, compared with a bare ONNX Runtime run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from fastapi.testclient import TestClient
+
+from gateway import Settings
+from gateway.processing.qa import decode_spans, encode_qa
+from gateway.tasks.qa import load_tokenizer
+from magicmind_build.engine import OnnxRuntimeEngine
+
+SHORT = {
+    "question": "Who wrote the report?",
+    "context": "The report on the analytical engine was written by Ada Lovelace in 1843 in London.",
+}
+LONG_CONTEXT = " ".join(
+    f"Paragraph {i}: the committee met in room {i * 7} and approved budget item {i * 13} after a long debate."
+    for i in range(40)
+)
+
+
+def direct_answers(settings: Settings, engine: OnnxRuntimeEngine, question: str, context: str, top_k: int) -> list[dict]:
+    tokenizer = load_tokenizer(settings)
+    features = encode_qa(tokenizer, question, context, settings.qa_max_question_tokens)
+    out = engine.run(
+        {n: getattr(features, n) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    )
+    spans = decode_spans(
+        out["start_logits"], out["end_logits"], features, context, settings.qa_n_best, settings.qa_max_answer_tokens, top_k
+    )
+    return [{"text": s.text, "start": s.start, "end": s.end, "score": s.score, "probability": s.probability} for s in spans]
+
+
+@pytest.mark.parametrize("context", [SHORT["context"], LONG_CONTEXT], ids=["one-window", "many-windows"])
+def test_served_answers_equal_bare_engine(client: TestClient, settings: Settings, engines: dict, context: str) -> None:
+    body = {"question": SHORT["question"], "context": context, "top_k": 5}
+    response = client.post("/qa", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    expected = direct_answers(settings, engines["bert_qa"], body["question"], context, 5)
+    assert expected, "the bare engine found no span"
+    assert data["answers"] == expected
+    assert data["answer"] == expected[0]["text"]
+    for answer in data["answers"]:
+        assert context[answer["start"] : answer["end"]] == answer["text"]
+
+
+def test_long_context_is_split_into_windows(client: TestClient) -> None:
+    data = client.post("/qa", json={"question": "Which room?", "context": LONG_CONTEXT}).json()
+    assert data["windows"] > 1
+
+
+def test_untrained_weights_are_reported(client: TestClient) -> None:
+    response = client.post("/qa", json=SHORT)
+    assert response.headers["X-Model-Weights"] == "untrained"
+    assert response.json()["model"]["weights"] == "untrained"
+
+
+def test_triton_logits_are_bit_exact(triton, settings: Settings, engines: dict) -> None:
+    tokenizer = load_tokenizer(settings)
+    features = encode_qa(tokenizer, SHORT["question"], LONG_CONTEXT, settings.qa_max_question_tokens)
+    feeds = {n: getattr(features, n) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    inputs = []
+    for name, array in feeds.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    served = client.infer("bert_qa", inputs)
+    direct = engines["bert_qa"].run(feeds)
+    for name in ("start_logits", "end_logits"):
+        np.testing.assert_array_equal(served.as_numpy(name), direct[name])
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"question": "", "context": "text"}, "validation_error"),
+        ({"question": "   ", "context": "text"}, "invalid_text"),
+        ({"question": "why?", "context": " \n "}, "invalid_text"),
+        ({"question": "why? " * 100, "context": "text"}, "invalid_text"),
+        ({"context": "text"}, "validation_error"),
+        ({"question": "why?", "context": "text", "top_k": 0}, "validation_error"),
+    ],
+)
+def test_bad_text_is_422(client: TestClient, body: dict, code: str) -> None:
+    response = client.post("/qa", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == code
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    response = client.post("/qa", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_too_long_context_is_rejected(client: TestClient, settings: Settings) -> None:
+    body = {"question": "why?", "context": "a" * (settings.qa_max_context_chars + 1)}
+    response = client.post("/qa", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_text"
