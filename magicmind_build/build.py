@@ -66,10 +66,17 @@ def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
     # Non-persistent buffers that some exporters still save (e.g. HF BERT's position_ids).
     own = module.state_dict()
     filtered = {k: v for k, v in state_dict.items() if k in own or not k.endswith(("position_ids", "num_batches_tracked"))}
-    result = module.load_state_dict(filtered, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint does not fit: missing {missing[:5]}..., unexpected {result.unexpected_keys[:5]}...")
+    missing = sorted(k for k in own.keys() - filtered.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(filtered.keys() - own.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not fit: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    try:
+        module.load_state_dict(filtered, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"checkpoint does not fit: {exc}") from exc
 
 
 def _spec_dict(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...] | list[np.ndarray]) -> dict[str, dict[str, object]]:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import numpy as np
+
+from gateway import Settings
+from gateway.processing.qa import decode_spans, encode_qa
+from gateway.tasks.qa import load_tokenizer
+
+
+def test_best_span_is_mapped_to_context_characters() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    tokenizer = load_tokenizer(settings)
+    context = "The engine was designed by John Smith in London."
+    features = encode_qa(tokenizer, "Who designed it?", context, 64)
+    tokens = tokenizer.encode("Who designed it?", context).tokens
+    start_at, end_at = tokens.index("john"), tokens.index("smith")
+    start = np.zeros((1, 128), np.float32)
+    end = np.zeros((1, 128), np.float32)
+    start[0, start_at], end[0, end_at] = 5.0, 5.0
+    start[0, 1] = end[0, 1] = 50.0  # a question token scores highest but is never an answer
+    spans = decode_spans(start, end, features, context, n_best=20, max_answer_tokens=30)
+    assert spans[0].text == "John Smith"
+    assert context[spans[0].start : spans[0].end] == "John Smith"
+
+
+def test_windows_overlap_and_cover_the_context() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    tokenizer = load_tokenizer(settings)
+    context = " ".join(f"w{i}" for i in range(400))
+    features = encode_qa(tokenizer, "q?", context, 64)
+    assert features.windows > 3
+    covered = {tuple(o) for w in range(features.windows) for o, m in zip(features.offsets[w], features.context_mask[w]) if m}
+    last_word_start = context.rindex("w399")
+    assert any(start >= last_word_start for start, _ in covered)
+    assert features.input_ids.shape == (features.windows, 128)

@@ -1,0 +1,93 @@
+"""Engine builds: ONNX with a variable batch, faithful to the torch model, honest manifests."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from magicmind_build.build import CheckpointError, build_engine
+from magicmind_build.engine import EngineError, OnnxRuntimeEngine, load_engine
+from magicmind_build.manifest import Manifest
+from magicmind_build.models.yolov5 import YoloV5, YoloV5Config
+from magicmind_build.specs import SPECS
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_engine_matches_torch_and_takes_any_batch(model_repo: pathlib.Path, name: str) -> None:
+    spec = SPECS[name]
+    manifest = Manifest.read(model_repo / name / "1")
+    engine = OnnxRuntimeEngine(model_repo / name / "1" / manifest.engine_file)
+    assert [i.shape[0] for i in engine.inputs] == [-1] * len(engine.inputs)
+
+    torch.manual_seed(0)
+    module = spec.factory(spec.configs["tiny"])
+    if spec.pretrained is not None:
+        from magicmind_build.build import read_state_dict
+
+        module.load_state_dict(read_state_dict(pathlib.Path(spec.pretrained())))
+    module.eval()
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for inp in engine.inputs:
+        shape = (3, *inp.shape[1:])
+        high = 30522 if inp.name == "input_ids" else (2 if inp.dtype == "int64" else 256)
+        feeds[inp.name] = rng.integers(0, high, shape).astype(inp.dtype)
+    outputs = engine.run(feeds)
+    with torch.no_grad():
+        expected = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for out_name, ref in zip(spec.output_names, expected):
+        assert outputs[out_name].shape == tuple(ref.shape)
+        np.testing.assert_allclose(outputs[out_name], ref.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_manifests_say_where_weights_come_from(model_repo: pathlib.Path) -> None:
+    manifests = {name: Manifest.read(model_repo / name / "1") for name in SPECS}
+    assert manifests["efficientnet_lite0"].weights == "pretrained"
+    assert manifests["efficientnet_lite0"].trained
+    for name in ("bert_qa", "yolov5n", "resnet50_vd"):
+        assert manifests[name].weights == "untrained"
+        assert not manifests[name].trained
+    assert manifests["yolov5n"].outputs == {"output0": {"dtype": "float32", "shape": [-1, 25200, 85]}}
+    assert manifests["bert_qa"].inputs["input_ids"] == {"dtype": "int64", "shape": [-1, 128]}
+
+
+def test_yolov5n_is_the_ultralytics_architecture() -> None:
+    model = YoloV5(YoloV5Config())
+    # Ultralytics reports 1,872,157 parameters for yolov5n (v6, unfused).
+    assert sum(p.numel() for p in model.parameters()) == 1_872_157
+    keys = model.state_dict().keys()
+    assert "model.0.conv.weight" in keys and "model.24.m.2.bias" in keys and "model.24.anchors" in keys
+
+
+def test_checkpoint_is_loaded_and_recorded(tmp_path: pathlib.Path) -> None:
+    spec = SPECS["bert_qa"]
+    torch.manual_seed(123)
+    trained = spec.factory(spec.configs["tiny"]).eval()
+    checkpoint = tmp_path / "bert.bin"
+    torch.save({"state_dict": trained.state_dict()}, checkpoint)
+
+    manifest = build_engine(spec, tmp_path / "out", size="tiny", checkpoint=checkpoint)
+    assert manifest.weights == "checkpoint"
+    assert manifest.weights_source == str(checkpoint)
+    ids = torch.arange(128)[None]
+    with torch.no_grad():
+        start, _ = trained(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    engine = load_engine(tmp_path / "out" / "model.onnx")
+    served = engine.run({"input_ids": ids.numpy(), "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)})
+    np.testing.assert_allclose(served["start_logits"], start.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path: pathlib.Path) -> None:
+    checkpoint = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, checkpoint)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        build_engine(SPECS["resnet50_vd"], tmp_path / "out", size="tiny", checkpoint=checkpoint)
+
+
+def test_missing_engine_file_is_an_engine_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(EngineError, match="does not exist"):
+        load_engine(tmp_path / "absent.onnx")

@@ -1,0 +1,29 @@
+"""The tritonserver launcher."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from tests.conftest import free_port
+from triton_local import TritonServer, TritonServerConfig, TritonServerError
+
+
+def test_broken_model_fails_startup_fast(tmp_path: pathlib.Path) -> None:
+    model = tmp_path / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 1\n')
+    (model / "1" / "model.py").write_text("raise ImportError('boom')\n")
+    config = TritonServerConfig(
+        model_repository=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        startup_timeout_s=120, log_file=tmp_path / "log.txt",
+    )
+    server = TritonServer(config)
+    with pytest.raises(TritonServerError, match="exited"):
+        server.start()
+    assert "boom" in (tmp_path / "log.txt").read_text()
+
+
+def test_running_server_is_ready_and_stops(triton: TritonServer) -> None:
+    assert triton.is_ready()
