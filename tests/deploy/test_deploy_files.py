@@ -1,0 +1,106 @@
+"""Deployment files: checked by the real tools where they exist here, otherwise for consistency.
+
+No Docker engine or Kubernetes cluster exists on these machines, so compose and manifests are
+checked structurally: referenced files exist, ports and names agree across tiers, and every
+metric the Grafana dashboard queries is one that the gateway or Triton really exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.local.yml"])
+def test_prometheus_configs_pass_promtool(config: str) -> None:
+    result = subprocess.run(
+        ["promtool", "check", "config", str(DEPLOY / "prometheus" / config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_references_existing_files_and_agrees_on_ports() -> None:
+    services = _compose()["services"]
+    assert {"builder", "triton", "gateway", "prometheus", "grafana"} <= services.keys()
+    for name, service in services.items():
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source}"
+    host, port = services["gateway"]["environment"]["GATEWAY_TRITON_URL"].split(":")
+    assert host == "triton" and f"{port}:{port}" in services["triton"]["ports"]
+    assert f"{Settings(_env_file=None).port}:8080" in services["gateway"]["ports"]  # type: ignore[call-arg]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape}
+    assert targets == {"gateway": "gateway:8080", "triton": "triton:8002"}
+
+
+def test_dockerfiles_copy_what_exists() -> None:
+    for dockerfile in DEPLOY.glob("Dockerfile.*"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                for source in line.split()[1:-1]:
+                    assert (ROOT / source).exists(), f"{dockerfile.name}: {source}"
+
+
+def test_dashboard_queries_only_exported_metrics(triton) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics()
+    for histogram in (metrics.preprocess, metrics.postprocess):
+        histogram.labels("qa").observe(0.1)
+    metrics.inference.labels("qa", "bert_qa").observe(0.1)
+    metrics.requests.labels("/qa", "200").inc()
+    metrics.request_latency.labels("/qa").observe(0.1)
+    metrics.batch_rows.labels("bert_qa").observe(1)
+    exported = generate_latest(metrics.registry).decode()
+    exported += urllib.request.urlopen(triton.metrics_url, timeout=5).read().decode()  # noqa: S310
+    names = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", exported, re.MULTILINE))
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "inference-gateway.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:gateway|nv)_[a-z_]+)\b", target["expr"])
+    }
+    assert queried, "dashboard has no queries"
+    assert queried <= names, f"not exported: {sorted(queried - names)}"
+
+
+def test_kubernetes_manifests_are_consistent() -> None:
+    docs = [
+        doc
+        for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / "k8s" / resource).is_file()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert deployments.keys() == services.keys() == {"triton", "gateway"}
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+        assert services[name]["spec"]["selector"] == spec["selector"]["matchLabels"]
+        port_names = {p["name"] for c in spec["template"]["spec"]["containers"] for p in c["ports"]}
+        assert {p["targetPort"] for p in services[name]["spec"]["ports"]} <= port_names
+    env = {e["name"]: e["value"] for e in deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GATEWAY_TRITON_URL"] == "triton:8001"
