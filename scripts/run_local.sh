@@ -21,14 +21,23 @@ echo "run_local: building engines ($MODEL_SIZE)"
 pids=()
 cleanup() {
   echo "run_local: stopping"
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  # SIGTERM: background jobs of a script ignore SIGINT. Each component shuts down gracefully on it.
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
+for port in 8000 8001 8002 8080 9090; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "run_local: port $port is already in use (another stack running?)" >&2
+    exit 1
+  fi
+done
+
 wait_for() {  # url, name, seconds
   local deadline=$((SECONDS + $3))
   until curl -sf -o /dev/null "$1"; do
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "run_local: $2 exited; see $RUN_DIR/" >&2; exit 1; }
     ((SECONDS < deadline)) || { echo "run_local: $2 not ready after $3s; see $RUN_DIR/" >&2; exit 1; }
     sleep 1
   done

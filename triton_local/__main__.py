@@ -11,6 +11,10 @@ import sys
 from triton_local.server import TritonServer, TritonServerConfig, TritonServerError
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the real tritonserver from the nvidia-pytriton wheel")
     parser.add_argument("--model-repository", type=pathlib.Path, default=pathlib.Path("triton_repo"))
@@ -34,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         log_verbose=args.log_verbose,
     )
     server = TritonServer(config)
-    # SIGTERM (e.g. from a process supervisor) takes the same clean path as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGTERM (a supervisor) and SIGINT (Ctrl-C, also when started in the background, where a
+    # shell leaves SIGINT ignored) take the same clean path: stop tritonserver, then exit.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         with server:
             return server.wait()

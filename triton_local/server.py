@@ -24,6 +24,10 @@ LOGGER = logging.getLogger(__name__)
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class TritonServerError(RuntimeError):
     """tritonserver could not be found, did not become ready, or died."""
 
@@ -162,7 +166,13 @@ class TritonServer:
             self._log = open(self.config.log_file, "ab")  # noqa: SIM115 - closed in stop()
             stdout = self._log
         self._process = subprocess.Popen(  # noqa: S603 - fixed binary, list argv
-            cmd, env=self.environment(), stdout=stdout, stderr=subprocess.STDOUT if stdout else None
+            cmd,
+            env=self.environment(),
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout else None,
+            # A parent started in the background by a shell ignores SIGINT, and children inherit
+            # that; restore the default so stop()'s SIGINT always reaches tritonserver.
+            preexec_fn=_default_sigint,  # noqa: PLW1509
         )
         try:
             self.wait_ready(self.config.startup_timeout_s)
