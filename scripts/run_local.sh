@@ -20,12 +20,14 @@ echo "run_local: building engines ($MODEL_SIZE)"
 
 pids=()
 cleanup() {
+  trap - EXIT INT TERM
   echo "run_local: stopping"
   # SIGTERM: background jobs of a script ignore SIGINT. Each component shuts down gracefully on it.
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 for port in 8000 8001 8002 8080 9090; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
