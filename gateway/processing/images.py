@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,22 +19,21 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if not data:
         raise InvalidImage("empty image upload")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ACCEPTED_FORMATS:
-                raise UnsupportedMediaType(
-                    f"image format {image.format} is not supported; send one of {sorted(ACCEPTED_FORMATS)}"
-                )
-            width, height = image.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = image.convert("RGB")
+        # Image.open reads only the header: format and size are checked before any pixel is decoded.
+        image = Image.open(io.BytesIO(data))
+        if image.format not in ACCEPTED_FORMATS:
+            raise UnsupportedMediaType(
+                f"image format {image.format} is not supported; send one of {sorted(ACCEPTED_FORMATS)}"
+            )
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = image.convert("RGB")
     except UnidentifiedImageError as exc:
         raise InvalidImage("not a decodable image; send a JPEG, PNG or WebP file") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidImage(f"cannot decode image: {exc}") from exc
