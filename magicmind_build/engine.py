@@ -101,7 +101,10 @@ class OnnxRuntimeEngine(Engine):
         return f"onnxruntime {'/'.join(self.session.get_providers())}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self._output_names, dict(feeds))
+        try:
+            results = self.session.run(self._output_names, dict(feeds))
+        except Exception as exc:  # onnxruntime's errors (Fail, InvalidArgument, ...) derive from Exception only
+            raise EngineError(f"{self.path.name}: {exc}") from exc
         return dict(zip(self._output_names, results))
 
 

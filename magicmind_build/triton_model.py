@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from magicmind_build.batching import InvalidInput, concat_requests, split_outputs
 from magicmind_build.engine import EngineError, load_engine
-from magicmind_build.manifest import Manifest
+from magicmind_build.manifest import MANIFEST_NAME, Manifest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class EngineModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.model_config = json.loads(args["model_config"])
         version_dir = pathlib.Path(args["model_repository"]) / args["model_version"]
+        if not (version_dir / MANIFEST_NAME).exists():
+            raise EngineError(
+                f"no engine built in {version_dir}; run `python -m magicmind_build --repo {version_dir.parent.parent}`"
+            )
         self.manifest = Manifest.read(version_dir)
         engine_file = _parameter(self.model_config, "engine", self.manifest.engine_file)
         kwargs: dict[str, Any] = {}
@@ -73,7 +77,7 @@ class EngineModel:
             batch, sizes = concat_requests(feeds, self.input_names)
             try:
                 outputs = self.engine.run(batch)
-            except (EngineError, RuntimeError, ValueError) as exc:  # the engine's own failure types
+            except EngineError as exc:
                 LOGGER.exception("engine call failed")
                 error = pb_utils.TritonError(f"engine failed: {exc}")
                 for i in valid:

@@ -102,3 +102,12 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
     response = client.get("/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "http_error"
+
+
+def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
+    broken = settings.model_copy(update={"qa_model": "no_such_model"})
+    with TestClient(create_app(broken)) as test_client:
+        _assert_error(test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed")
+        ready = test_client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["models"]["no_such_model"] is False

@@ -91,3 +91,9 @@ def test_mismatched_checkpoint_is_refused(tmp_path: pathlib.Path) -> None:
 def test_missing_engine_file_is_an_engine_error(tmp_path: pathlib.Path) -> None:
     with pytest.raises(EngineError, match="does not exist"):
         load_engine(tmp_path / "absent.onnx")
+
+
+def test_engine_failures_are_engine_errors(model_repo: pathlib.Path) -> None:
+    engine = load_engine(model_repo / "resnet50_vd" / "1" / "model.onnx")
+    with pytest.raises(EngineError):
+        engine.run({"images": np.zeros((1, 3, 224, 224), np.uint8)})  # NCHW instead of NHWC

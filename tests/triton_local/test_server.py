@@ -27,3 +27,19 @@ def test_broken_model_fails_startup_fast(tmp_path: pathlib.Path) -> None:
 
 def test_running_server_is_ready_and_stops(triton: TritonServer) -> None:
     assert triton.is_ready()
+
+
+def test_model_without_engine_names_the_build_command(tmp_path: pathlib.Path) -> None:
+    import shutil
+
+    from tests.conftest import ROOT
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "triton_repo" / "resnet50_vd", repo / "resnet50_vd", ignore=shutil.ignore_patterns("*.onnx", "manifest.json"))
+    config = TritonServerConfig(
+        model_repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        startup_timeout_s=120, log_file=tmp_path / "log.txt",
+    )
+    with pytest.raises(TritonServerError):
+        TritonServer(config).start()
+    assert "python -m magicmind_build" in (tmp_path / "log.txt").read_text()
