@@ -53,6 +53,7 @@ class Engine(abc.ABC):
         return type(self).__name__
 
 
+_GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(int32)": "int32"}
 
 
@@ -72,17 +73,26 @@ class OnnxRuntimeEngine(Engine):
         path: the ``.onnx`` file.
         providers: execution providers in order of preference; :func:`default_onnx_providers` when None.
         intra_op_threads: threads per operator; ONNX Runtime's default when 0.
+        device_id: GPU ordinal for the CUDA/TensorRT providers (Triton's ``model_instance_device_id``).
     """
 
-    def __init__(self, path: pathlib.Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        device_id: int = 0,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        names = list(providers or default_onnx_providers())
+        provider_options = [{"device_id": str(device_id)} if p in _GPU_PROVIDERS else {} for p in names]
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=list(providers or default_onnx_providers())
+                str(path), sess_options=options, providers=names, provider_options=provider_options
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EngineError(f"cannot load {path}: {exc}") from exc

@@ -47,6 +47,8 @@ class EngineModel:
             providers = _parameter(self.model_config, "providers")
             kwargs["providers"] = [p for p in providers.split(",") if p] or None
             kwargs["intra_op_threads"] = int(_parameter(self.model_config, "intra_op_threads", "0"))
+            # With instance_group KIND_GPU each instance runs on its own device.
+            kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)
         self.engine = load_engine(version_dir / engine_file, **kwargs)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.output_names = [o["name"] for o in self.model_config["output"]]
