@@ -104,7 +104,9 @@ async def _load(url: str, endpoint: Endpoint, concurrency: int, total: int) -> L
     def pct(p: float) -> float:
         return ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]
 
-    return LoadResult(endpoint.name, concurrency, len(ms), errors, len(ms) / elapsed, statistics.median(ms), pct(0.95), pct(0.99))
+    return LoadResult(
+        endpoint.name, concurrency, len(ms), errors, len(ms) / elapsed, statistics.median(ms), pct(0.95), pct(0.99)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,25 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.preprocess = Histogram(
-            "gateway_preprocess_seconds", "Pre-processing time (decode, tokenise, resize)", ["task"],
-            registry=r, buckets=_LATENCY_BUCKETS,
+            "gateway_preprocess_seconds",
+            "Pre-processing time (decode, tokenise, resize)",
+            ["task"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
         self.inference = Histogram(
-            "gateway_inference_seconds", "Time waiting for Triton, all calls of one request", ["task", "model"],
-            registry=r, buckets=_LATENCY_BUCKETS,
+            "gateway_inference_seconds",
+            "Time waiting for Triton, all calls of one request",
+            ["task", "model"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
         self.postprocess = Histogram(
-            "gateway_postprocess_seconds", "Post-processing time (span decode, NMS, top-k)", ["task"],
-            registry=r, buckets=_LATENCY_BUCKETS,
+            "gateway_postprocess_seconds",
+            "Post-processing time (span decode, NMS, top-k)",
+            ["task"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
         self.requests = Counter(
             "gateway_requests", "Requests answered, by route and HTTP status", ["route", "status"], registry=r
@@ -35,6 +44,9 @@ class Metrics:
             "gateway_request_seconds", "End-to-end request latency", ["route"], registry=r, buckets=_LATENCY_BUCKETS
         )
         self.batch_rows = Histogram(
-            "gateway_inference_rows", "Rows (windows or images) sent to Triton per request", ["model"],
-            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            "gateway_inference_rows",
+            "Rows (windows or images) sent to Triton per request",
+            ["model"],
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )

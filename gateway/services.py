@@ -41,7 +41,8 @@ class Services:
             qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
             detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings),
             classify={
-                name: ClassifyTask(info(name, "classify"), client, metrics, settings) for name in settings.classify_models
+                name: ClassifyTask(info(name, "classify"), client, metrics, settings)
+                for name in settings.classify_models
             },
         )
 
@@ -55,7 +56,9 @@ class Services:
         try:
             return self.classify[name]
         except KeyError:
-            raise UnknownModel(f"unknown classification model {name!r}; choose one of {sorted(self.classify)}") from None
+            raise UnknownModel(
+                f"unknown classification model {name!r}; choose one of {sorted(self.classify)}"
+            ) from None
 
     async def close(self) -> None:
         await self.client.close()

@@ -51,7 +51,9 @@ class TritonClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClient:
-        return cls(settings.triton_url, settings.triton_timeout_s, settings.triton_retries, settings.triton_retry_backoff_s)
+        return cls(
+            settings.triton_url, settings.triton_timeout_s, settings.triton_retries, settings.triton_retry_backoff_s
+        )
 
     async def close(self) -> None:
         await self._client.close()

@@ -65,7 +65,9 @@ def read_state_dict(path: pathlib.Path) -> dict[str, torch.Tensor]:
 def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     # Non-persistent buffers that some exporters still save (e.g. HF BERT's position_ids).
     own = module.state_dict()
-    filtered = {k: v for k, v in state_dict.items() if k in own or not k.endswith(("position_ids", "num_batches_tracked"))}
+    filtered = {
+        k: v for k, v in state_dict.items() if k in own or not k.endswith(("position_ids", "num_batches_tracked"))
+    }
     missing = sorted(k for k in own.keys() - filtered.keys() if not k.endswith("num_batches_tracked"))
     unexpected = sorted(filtered.keys() - own.keys())
     if missing or unexpected:
@@ -79,7 +81,7 @@ def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
         raise CheckpointError(f"checkpoint does not fit: {exc}") from exc
 
 
-def _spec_dict(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...] | list[np.ndarray]) -> dict[str, dict[str, object]]:
+def _spec_dict(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> dict[str, dict[str, object]]:
     return {
         name: {"dtype": str(np.dtype(str(t.dtype).replace("torch.", ""))), "shape": [-1, *t.shape[1:]]}
         for name, t in zip(names, tensors)
@@ -148,7 +150,7 @@ def build_engine(
         engine_sha256=sha256_file(engine_path),
         inputs=_spec_dict(spec.input_names, example),
         outputs=_spec_dict(spec.output_names, outputs),
-        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         builder={"torch": torch.__version__, "onnx": onnx.__version__, "opset": str(OPSET)},
     )
     manifest.write(out_dir)

@@ -38,13 +38,15 @@ def _up_to_date(out_dir: pathlib.Path, size: str, checkpoint: pathlib.Path | Non
     return (
         (out_dir / manifest.engine_file).exists()
         and manifest.config.get("size") == size
-        and (wanted_source is None and manifest.weights != "checkpoint" or manifest.weights_source == wanted_source)
+        and ((wanted_source is None and manifest.weights != "checkpoint") or manifest.weights_source == wanted_source)
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magicmind_build", description="Build the served engines")
-    parser.add_argument("--repo", type=pathlib.Path, default=pathlib.Path("triton_repo"), help="Triton model repository")
+    parser.add_argument(
+        "--repo", type=pathlib.Path, default=pathlib.Path("triton_repo"), help="Triton model repository"
+    )
     parser.add_argument("--models", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
     parser.add_argument("--size", choices=SIZES, default="full", help="'tiny' = small configs for tests")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,9 +103,9 @@ class OnnxRuntimeEngine(Engine):
         self._output_names = [o.name for o in self.outputs]
 
     @staticmethod
-    def _spec(arg: object) -> TensorSpec:
-        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)  # type: ignore[attr-defined]
-        return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)  # type: ignore[attr-defined]
+    def _spec(arg: Any) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        return TensorSpec(str(arg.name), _ORT_TYPES.get(str(arg.type), str(arg.type)), shape)
 
     @property
     def description(self) -> str:

@@ -11,7 +11,7 @@ from torch import nn
 
 from magicmind_build.models.bert import BertConfig, BertForQuestionAnswering
 from magicmind_build.models.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
-from magicmind_build.models.resnet_vd import ResNetVdConfig, ResNetVd
+from magicmind_build.models.resnet_vd import ResNetVd, ResNetVdConfig
 from magicmind_build.models.yolov5 import YoloV5, YoloV5Config
 
 SIZES = ("full", "tiny")
@@ -90,7 +90,10 @@ SPECS: dict[str, ModelSpec] = {
             name="resnet50_vd",
             task="classify",
             architecture="resnet_vd",
-            configs={"full": ResNetVdConfig(), "tiny": ResNetVdConfig(depths=(1, 1, 1, 1), stem_width=8, base_width=16)},
+            configs={
+                "full": ResNetVdConfig(),
+                "tiny": ResNetVdConfig(depths=(1, 1, 1, 1), stem_width=8, base_width=16),
+            },
             factory=ResNetVd,
             example_inputs=_image_inputs,
             input_names=("images",),

@@ -29,8 +29,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         if width * height > max_pixels:
             raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
         image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = image.convert("RGB")
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
     except UnidentifiedImageError as exc:
         raise InvalidImage("not a decodable image; send a JPEG, PNG or WebP file") from exc
     except Image.DecompressionBombError as exc:
@@ -68,7 +67,7 @@ def letterbox(image: np.ndarray, size: int, pad_value: int = LETTERBOX_PAD) -> t
     new_w, new_h = int(round(width * gain)), int(round(height * gain))
     dw, dh = (size - new_w) / 2, (size - new_h) / 2
     if (new_w, new_h) != (width, height):
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     else:
         resized = image
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
@@ -82,6 +81,6 @@ def resize_center_crop(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
     height, width = image.shape[:2]
     scale = resize / min(height, width)
     new_w, new_h = max(crop, int(round(width * scale))), max(crop, int(round(height * scale)))
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     top, left = (new_h - crop) // 2, (new_w - crop) // 2
     return np.ascontiguousarray(resized[top : top + crop, left : left + crop])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers.implementations import BaseTokenizer
 
 from gateway.errors import InvalidText
 
@@ -49,14 +49,14 @@ class Span:
     probability: float
 
 
-def configure_tokenizer(tokenizer: Tokenizer, max_seq_len: int, doc_stride: int) -> Tokenizer:
+def configure_tokenizer(tokenizer: BaseTokenizer, max_seq_len: int, doc_stride: int) -> BaseTokenizer:
     """Truncate only the context into ``max_seq_len`` windows overlapping by ``doc_stride`` tokens."""
     tokenizer.enable_truncation(max_length=max_seq_len, stride=doc_stride, strategy="only_second")
     tokenizer.enable_padding(length=max_seq_len)
     return tokenizer
 
 
-def encode_qa(tokenizer: Tokenizer, question: str, context: str, max_question_tokens: int) -> QAFeatures:
+def encode_qa(tokenizer: BaseTokenizer, question: str, context: str, max_question_tokens: int) -> QAFeatures:
     """Tokenise with a tokenizer prepared by :func:`configure_tokenizer`; one row per context window."""
     question, context_stripped = question.strip(), context.strip()
     if not question:
@@ -66,7 +66,8 @@ def encode_qa(tokenizer: Tokenizer, question: str, context: str, max_question_to
     try:
         encoding = tokenizer.encode(question, context)
     except Exception as exc:  # the Rust tokenizer raises a bare Exception when the question fills the window
-        raise InvalidText(f"question is too long for a {tokenizer.truncation['max_length']}-token window") from exc
+        window = (tokenizer.truncation or {}).get("max_length")
+        raise InvalidText(f"question is too long for a {window}-token window") from exc
     n_question = sum(1 for sid in encoding.sequence_ids if sid == 0)
     if n_question > max_question_tokens:
         raise InvalidText(f"question has {n_question} tokens; the limit is {max_question_tokens}")

@@ -15,7 +15,9 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     """The uploaded bytes; 415 for a declared non-image type, 413 past ``max_bytes``."""
     declared = (upload.content_type or "application/octet-stream").split(";")[0].strip().lower()
     if declared not in ACCEPTED_CONTENT_TYPES:
-        raise UnsupportedMediaType(f"content type {declared!r} is not supported; send image/jpeg, image/png or image/webp")
+        raise UnsupportedMediaType(
+            f"content type {declared!r} is not supported; send image/jpeg, image/png or image/webp"
+        )
     chunks: list[bytes] = []
     total = 0
     while chunk := await upload.read(_CHUNK):

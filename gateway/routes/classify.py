@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
@@ -11,7 +11,7 @@ from gateway.schemas import ClassifyResponse, ErrorResponse, Prediction
 from gateway.tasks.classify import ClassifyQuery
 
 router = APIRouter(tags=["classify"])
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS)

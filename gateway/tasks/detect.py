@@ -51,7 +51,10 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
     ) -> tuple[Detections, Letterbox]:
         detections = postprocess_detections(
-            outputs["output0"][0], features.letterbox, request.conf_threshold, request.iou_threshold,
+            outputs["output0"][0],
+            features.letterbox,
+            request.conf_threshold,
+            request.iou_threshold,
             self.settings.detect_max_det,
         )
         return detections, features.letterbox

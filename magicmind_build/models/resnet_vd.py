@@ -75,9 +75,7 @@ class ResNetVd(nn.Module):
         self.config = cfg
         self.input = Uint8NHWCInput(IMAGENET_MEAN, IMAGENET_STD)
         sw = cfg.stem_width
-        self.stem = nn.Sequential(
-            ConvBN(3, sw, 3, 2), ConvBN(sw, sw, 3), ConvBN(sw, 2 * sw, 3), nn.MaxPool2d(3, 2, 1)
-        )
+        self.stem = nn.Sequential(ConvBN(3, sw, 3, 2), ConvBN(sw, sw, 3), ConvBN(sw, 2 * sw, 3), nn.MaxPool2d(3, 2, 1))
         stages = []
         c1 = 2 * sw
         for i, depth in enumerate(cfg.depths):

@@ -107,6 +107,8 @@ class Concat(nn.Module):
 class Detect(nn.Module):
     """Three 1x1 heads and the v6 box decode (``xy = (2s - 0.5 + grid) * stride``, ``wh = (2s)^2 * anchor``)."""
 
+    anchors: torch.Tensor
+
     def __init__(self, num_classes: int, channels: tuple[int, ...], img_size: int) -> None:
         super().__init__()
         self.nc = num_classes
@@ -115,12 +117,16 @@ class Detect(nn.Module):
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in channels)
         strides = torch.tensor(STRIDES, dtype=torch.float32)
         # Ultralytics stores anchors in grid units.
-        self.register_buffer("anchors", torch.tensor(ANCHORS, dtype=torch.float32).view(3, 3, 2) / strides.view(-1, 1, 1))
+        self.register_buffer(
+            "anchors", torch.tensor(ANCHORS, dtype=torch.float32).view(3, 3, 2) / strides.view(-1, 1, 1)
+        )
         self.stride = STRIDES
         self.img_size = img_size
         for i, s in enumerate(STRIDES):
             ny = nx = img_size // s
-            yv, xv = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32), indexing="ij")
+            yv, xv = torch.meshgrid(
+                torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32), indexing="ij"
+            )
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
             self.register_buffer(f"grid{i}", grid, persistent=False)
         self._initialize_biases()
@@ -128,6 +134,7 @@ class Detect(nn.Module):
     def _initialize_biases(self) -> None:
         # Ultralytics' prior: ~8 objects per 640 image, class probability ~0.6 / nc.
         for conv, s in zip(self.m, self.stride):
+            assert isinstance(conv, nn.Conv2d) and conv.bias is not None
             b = conv.bias.view(self.na, -1)
             with torch.no_grad():
                 b[:, 4] += math.log(8 / (640 / s) ** 2)

@@ -30,7 +30,10 @@ def _compose() -> dict:
 @pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.local.yml"])
 def test_prometheus_configs_pass_promtool(config: str) -> None:
     result = subprocess.run(
-        ["promtool", "check", "config", str(DEPLOY / "prometheus" / config)], capture_output=True, text=True, check=False
+        ["promtool", "check", "config", str(DEPLOY / "prometheus" / config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -41,9 +41,7 @@ def _query(prometheus: str, expr: str) -> list[dict]:
         return json.load(response)["data"]["result"]  # type: ignore[no-any-return]
 
 
-def test_prometheus_scrapes_gateway_and_triton(
-    gateway_url: str, triton: TritonServer, tmp_path: pathlib.Path
-) -> None:
+def test_prometheus_scrapes_gateway_and_triton(gateway_url: str, triton: TritonServer, tmp_path: pathlib.Path) -> None:
     body = json.dumps({"question": "Who?", "context": "Ada wrote it."}).encode()
     request = urllib.request.Request(f"{gateway_url}/qa", body, {"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
@@ -60,9 +58,14 @@ def test_prometheus_scrapes_gateway_and_triton(
     port = free_port()
     prometheus = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + 60

@@ -31,7 +31,9 @@ def test_served_top_k_equals_bare_engine(
 
 def test_pretrained_efficientnet_sees_a_cat(client: TestClient, chelsea_jpeg: bytes) -> None:
     response = client.post(
-        "/classify", params={"model": "efficientnet_lite0", "top_k": 3}, files={"file": ("c.jpg", chelsea_jpeg, "image/jpeg")}
+        "/classify",
+        params={"model": "efficientnet_lite0", "top_k": 3},
+        files={"file": ("c.jpg", chelsea_jpeg, "image/jpeg")},
     )
     labels = [p["label"] for p in response.json()["predictions"]]
     assert CATS & set(labels), labels

@@ -29,14 +29,18 @@ def threshold_for(prediction: np.ndarray, n: int) -> float:
     raise AssertionError("too few distinct scores")
 
 
-def test_served_detections_equal_bare_engine(client: TestClient, settings: Settings, engines: dict, astronaut_png: bytes) -> None:
+def test_served_detections_equal_bare_engine(
+    client: TestClient, settings: Settings, engines: dict, astronaut_png: bytes
+) -> None:
     prediction, box = direct_run(settings, engines["yolov5n"], astronaut_png)
     conf = threshold_for(prediction, 200)
     expected = postprocess_detections(prediction, box, conf, 0.45, settings.detect_max_det)
     assert len(expected.scores) > 0
 
     response = client.post(
-        "/detect", params={"conf_threshold": conf, "iou_threshold": 0.45}, files={"file": ("a.png", astronaut_png, "image/png")}
+        "/detect",
+        params={"conf_threshold": conf, "iou_threshold": 0.45},
+        files={"file": ("a.png", astronaut_png, "image/png")},
     )
     assert response.status_code == 200, response.text
     data = response.json()

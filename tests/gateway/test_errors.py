@@ -51,7 +51,9 @@ def test_missing_file_is_422(client: TestClient, route: str) -> None:
 
 
 def test_unknown_classifier_is_404(client: TestClient) -> None:
-    response = client.post("/classify", params={"model": "vgg16"}, files={"file": ("a.png", _image("PNG"), "image/png")})
+    response = client.post(
+        "/classify", params={"model": "vgg16"}, files={"file": ("a.png", _image("PNG"), "image/png")}
+    )
     _assert_error(response, 404, "unknown_model")
 
 
@@ -70,7 +72,9 @@ def small_limits_client(settings: Settings) -> Iterator[TestClient]:
 
 def test_upload_over_size_limit_is_413(small_limits_client: TestClient) -> None:
     big = _image("PNG", (64, 64)) + b"\0" * 4096
-    _assert_error(small_limits_client.post("/detect", files={"file": ("a.png", big, "image/png")}), 413, "payload_too_large")
+    _assert_error(
+        small_limits_client.post("/detect", files={"file": ("a.png", big, "image/png")}), 413, "payload_too_large"
+    )
 
 
 def test_image_over_pixel_limit_is_413(small_limits_client: TestClient) -> None:
@@ -83,15 +87,20 @@ def test_image_over_pixel_limit_is_413(small_limits_client: TestClient) -> None:
 @pytest.fixture(scope="module")
 def no_triton_client(model_repo) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     settings = Settings(
-        triton_url=f"127.0.0.1:{free_port()}", model_repository=model_repo, triton_retries=1,
-        triton_retry_backoff_s=0.01, _env_file=None,  # type: ignore[call-arg]
+        triton_url=f"127.0.0.1:{free_port()}",
+        model_repository=model_repo,
+        triton_retries=1,
+        triton_retry_backoff_s=0.01,
+        _env_file=None,  # type: ignore[call-arg]
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
 def test_unreachable_triton_is_503(no_triton_client: TestClient) -> None:
-    _assert_error(no_triton_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 503, "triton_unavailable")
+    _assert_error(
+        no_triton_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 503, "triton_unavailable"
+    )
     response = no_triton_client.post("/classify", files={"file": ("a.png", _image("PNG"), "image/png")})
     _assert_error(response, 503, "triton_unavailable")
     assert no_triton_client.get("/readyz").status_code == 503
@@ -107,7 +116,9 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
 def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
     broken = settings.model_copy(update={"qa_model": "no_such_model"})
     with TestClient(create_app(broken)) as test_client:
-        _assert_error(test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed")
+        _assert_error(
+            test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed"
+        )
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["models"]["no_such_model"] is False

@@ -13,7 +13,10 @@ def test_readyz_when_triton_and_models_are_ready(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.json()["models"] == {
-        "bert_qa": True, "yolov5n": True, "resnet50_vd": True, "efficientnet_lite0": True,
+        "bert_qa": True,
+        "yolov5n": True,
+        "resnet50_vd": True,
+        "efficientnet_lite0": True,
     }
 
 

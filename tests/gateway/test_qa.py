@@ -22,16 +22,24 @@ LONG_CONTEXT = " ".join(
 )
 
 
-def direct_answers(settings: Settings, engine: OnnxRuntimeEngine, question: str, context: str, top_k: int) -> list[dict]:
+def direct_answers(
+    settings: Settings, engine: OnnxRuntimeEngine, question: str, context: str, top_k: int
+) -> list[dict]:
     tokenizer = load_tokenizer(settings)
     features = encode_qa(tokenizer, question, context, settings.qa_max_question_tokens)
-    out = engine.run(
-        {n: getattr(features, n) for n in ("input_ids", "attention_mask", "token_type_ids")}
-    )
+    out = engine.run({n: getattr(features, n) for n in ("input_ids", "attention_mask", "token_type_ids")})
     spans = decode_spans(
-        out["start_logits"], out["end_logits"], features, context, settings.qa_n_best, settings.qa_max_answer_tokens, top_k
+        out["start_logits"],
+        out["end_logits"],
+        features,
+        context,
+        settings.qa_n_best,
+        settings.qa_max_answer_tokens,
+        top_k,
     )
-    return [{"text": s.text, "start": s.start, "end": s.end, "score": s.score, "probability": s.probability} for s in spans]
+    return [
+        {"text": s.text, "start": s.start, "end": s.end, "score": s.score, "probability": s.probability} for s in spans
+    ]
 
 
 @pytest.mark.parametrize("context", [SHORT["context"], LONG_CONTEXT], ids=["one-window", "many-windows"])

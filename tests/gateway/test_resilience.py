@@ -26,12 +26,17 @@ def test_request_during_triton_restart_is_answered(qa_only_repo: pathlib.Path, t
 
     def server() -> TritonServer:
         return TritonServer(
-            TritonServerConfig(model_repository=qa_only_repo, startup_timeout_s=120, log_file=tmp_path / "t.log", **ports)
+            TritonServerConfig(
+                model_repository=qa_only_repo, startup_timeout_s=120, log_file=tmp_path / "t.log", **ports
+            )
         )
 
     settings = Settings(
-        triton_url=f"127.0.0.1:{ports['grpc_port']}", model_repository=qa_only_repo,
-        triton_retries=10, triton_retry_backoff_s=0.1, _env_file=None,  # type: ignore[call-arg]
+        triton_url=f"127.0.0.1:{ports['grpc_port']}",
+        model_repository=qa_only_repo,
+        triton_retries=10,
+        triton_retry_backoff_s=0.1,
+        _env_file=None,  # type: ignore[call-arg]
     )
     body = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
     with TestClient(create_app(settings)) as client:

@@ -11,7 +11,22 @@ def test_bench_measures_every_batch_size(model_repo: pathlib.Path, capsys) -> No
     result = bench_engine("bert_qa", engine, batch=4, iterations=3)
     assert result.batch == 4 and result.items_per_s > 0 and result.p95_ms >= result.p50_ms > 0
 
-    assert main(["--repo", str(model_repo), "--models", "efficientnet_lite0", "--batch-sizes", "1", "2", "--iterations", "2"]) == 0
+    assert (
+        main(
+            [
+                "--repo",
+                str(model_repo),
+                "--models",
+                "efficientnet_lite0",
+                "--batch-sizes",
+                "1",
+                "2",
+                "--iterations",
+                "2",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:2] == ["model", "batch"]
     assert [line.split()[:2] for line in lines[1:]] == [["efficientnet_lite0", "1"], ["efficientnet_lite0", "2"]]

@@ -77,7 +77,13 @@ def test_checkpoint_is_loaded_and_recorded(tmp_path: pathlib.Path) -> None:
     with torch.no_grad():
         start, _ = trained(ids, torch.ones_like(ids), torch.zeros_like(ids))
     engine = load_engine(tmp_path / "out" / "model.onnx")
-    served = engine.run({"input_ids": ids.numpy(), "attention_mask": np.ones((1, 128), np.int64), "token_type_ids": np.zeros((1, 128), np.int64)})
+    served = engine.run(
+        {
+            "input_ids": ids.numpy(),
+            "attention_mask": np.ones((1, 128), np.int64),
+            "token_type_ids": np.zeros((1, 128), np.int64),
+        }
+    )
     np.testing.assert_allclose(served["start_logits"], start.numpy(), rtol=1e-4, atol=1e-5)
 
 

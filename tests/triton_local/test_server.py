@@ -16,8 +16,12 @@ def test_broken_model_fails_startup_fast(tmp_path: pathlib.Path) -> None:
     (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 1\n')
     (model / "1" / "model.py").write_text("raise ImportError('boom')\n")
     config = TritonServerConfig(
-        model_repository=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        startup_timeout_s=120, log_file=tmp_path / "log.txt",
+        model_repository=tmp_path / "repo",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        startup_timeout_s=120,
+        log_file=tmp_path / "log.txt",
     )
     server = TritonServer(config)
     with pytest.raises(TritonServerError, match="exited"):
@@ -35,10 +39,18 @@ def test_model_without_engine_names_the_build_command(tmp_path: pathlib.Path) ->
     from tests.conftest import ROOT
 
     repo = tmp_path / "repo"
-    shutil.copytree(ROOT / "triton_repo" / "resnet50_vd", repo / "resnet50_vd", ignore=shutil.ignore_patterns("*.onnx", "manifest.json"))
+    shutil.copytree(
+        ROOT / "triton_repo" / "resnet50_vd",
+        repo / "resnet50_vd",
+        ignore=shutil.ignore_patterns("*.onnx", "manifest.json"),
+    )
     config = TritonServerConfig(
-        model_repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-        startup_timeout_s=120, log_file=tmp_path / "log.txt",
+        model_repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        startup_timeout_s=120,
+        log_file=tmp_path / "log.txt",
     )
     with pytest.raises(TritonServerError):
         TritonServer(config).start()

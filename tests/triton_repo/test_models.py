@@ -17,7 +17,11 @@ SEQ = 128
 
 def _bert_inputs(module, ids: np.ndarray) -> list:  # type: ignore[no-untyped-def]
     inputs = []
-    for name, array in (("input_ids", ids), ("attention_mask", np.ones_like(ids)), ("token_type_ids", np.zeros_like(ids))):
+    for name, array in (
+        ("input_ids", ids),
+        ("attention_mask", np.ones_like(ids)),
+        ("token_type_ids", np.zeros_like(ids)),
+    ):
         tensor = module.InferInput(name, list(array.shape), "INT64")
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)

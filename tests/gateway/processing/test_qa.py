@@ -29,7 +29,9 @@ def test_windows_overlap_and_cover_the_context() -> None:
     context = " ".join(f"w{i}" for i in range(400))
     features = encode_qa(tokenizer, "q?", context, 64)
     assert features.windows > 3
-    covered = {tuple(o) for w in range(features.windows) for o, m in zip(features.offsets[w], features.context_mask[w]) if m}
+    covered = {
+        tuple(o) for w in range(features.windows) for o, m in zip(features.offsets[w], features.context_mask[w]) if m
+    }
     last_word_start = context.rindex("w399")
     assert any(start >= last_word_start for start, _ in covered)
     assert features.input_ids.shape == (features.windows, 128)
