@@ -12,6 +12,7 @@ import re
 import subprocess
 import urllib.request
 
+import jsonschema
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -36,6 +37,16 @@ def test_prometheus_configs_pass_promtool(config: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/docker-compose.gpu.yml"])
+def test_compose_files_follow_the_compose_specification(path: str) -> None:
+    # compose_spec.json: the Compose Specification schema shipped in docker-compose 1.29.2 (Apache-2.0).
+    schema = json.loads((ROOT / "tests" / "deploy" / "compose_spec.json").read_text())
+    errors = [
+        e.message for e in jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load((ROOT / path).read_text()))
+    ]
+    assert not errors
 
 
 def test_compose_references_existing_files_and_agrees_on_ports() -> None:
