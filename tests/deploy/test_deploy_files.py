@@ -1,15 +1,19 @@
 """Deployment files: checked by the real tools where they exist here, otherwise for consistency.
 
-No Docker engine or Kubernetes cluster exists on these machines, so compose and manifests are
-checked structurally: referenced files exist, ports and names agree across tiers, and every
-metric the Grafana dashboard queries is one that the gateway or Triton really exports.
+No Docker engine or Kubernetes cluster exists on these machines: Prometheus configs go through
+promtool, compose files through the Compose Specification schema, manifests through
+kubernetes-validate; beyond that, referenced files must exist, ports and names must agree across
+tiers, and every metric the Grafana dashboard queries must be one the gateway or Triton exports.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 import re
 import subprocess
+import sys
 import urllib.request
 
 import jsonschema
@@ -95,6 +99,19 @@ def test_dashboard_queries_only_exported_metrics(triton) -> None:  # type: ignor
     }
     assert queried, "dashboard has no queries"
     assert queried <= names, f"not exported: {sorted(queried - names)}"
+
+
+def test_kubernetes_manifests_pass_schema_validation() -> None:
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
+    result = subprocess.run(
+        ["kubernetes-validate", "--strict", "--kubernetes-version", "1.30.0", *manifests],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == 7, result.stdout
 
 
 def test_kubernetes_manifests_are_consistent() -> None:
