@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.routes import classify, detect, health, qa
@@ -98,4 +99,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -122,3 +122,28 @@ def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["models"]["no_such_model"] is False
+
+
+@pytest.fixture(scope="module")
+def small_body_client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 4096}))) as test_client:
+        yield test_client
+
+
+def test_oversized_body_is_refused_before_parsing(small_body_client: TestClient) -> None:
+    big = {"question": "who?", "context": "word " * 2000}
+    _assert_error(small_body_client.post("/qa", json=big), 413, "payload_too_large")
+    upload = {"file": ("a.png", _image("PNG", (8, 8)) + b"\0" * 8192, "image/png")}
+    _assert_error(small_body_client.post("/detect", files=upload), 413, "payload_too_large")
+
+
+def test_oversized_chunked_body_is_refused(small_body_client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"question": "who?", "context": "'
+        for _ in range(100):
+            yield b"word " * 20
+        yield b'"}'
+
+    response = small_body_client.post("/qa", content=chunks(), headers={"content-type": "application/json"})
+    _assert_error(response, 413, "payload_too_large")
+    assert small_body_client.post("/qa", json={"question": "who?", "context": "Ada did."}).status_code == 200
