@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
+from gateway.request_id import RequestId
 from gateway.routes import classify, detect, health, qa
 from gateway.services import Services
 from gateway.settings import Settings
@@ -100,4 +101,5 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)
     return app

@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from gateway.errors import InferenceFailed, TritonUnavailable, UpstreamTimeout
+from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -87,9 +88,12 @@ class TritonClient:
             tensor.set_data_from_numpy(array)
             infer_inputs.append(tensor)
         requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
+        request_id = request_id_var.get()
         result = await self._call(
             f"inference on {model}",
-            lambda: self._client.infer(model, infer_inputs, outputs=requested, client_timeout=self.timeout_s),
+            lambda: self._client.infer(
+                model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=self.timeout_s
+            ),
         )
         return {name: result.as_numpy(name) for name in outputs}
 

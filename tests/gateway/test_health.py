@@ -37,3 +37,11 @@ def test_metrics_have_a_histogram_per_stage(client: TestClient) -> None:
         assert f'gateway_{stage}_seconds_count{{task="qa"}}' in text
     assert 'gateway_inference_seconds_count{model="bert_qa",task="qa"}' in text
     assert 'gateway_requests_total{route="/qa",status="200"}' in text
+
+
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["X-Request-ID"] == "abc-123"
+    generated = client.post("/qa", json={"question": "who?", "context": "Ada wrote it."}).headers["X-Request-ID"]
+    assert len(generated) == 32 and generated != client.get("/healthz").headers["X-Request-ID"]
+    assert client.get("/healthz", headers={"X-Request-ID": "bad id\n"}).headers["X-Request-ID"] != "bad id\n"

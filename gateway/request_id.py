@@ -1,0 +1,41 @@
+"""Request ids: taken from ``X-Request-ID`` (or generated), echoed in the response, sent to Triton.
+
+Triton logs and traces then carry the same id as the gateway's access log and the client.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "x-request-id"
+_VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+class RequestId:
+    """ASGI middleware that binds :data:`current` for the duration of each HTTP request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == HEADER.encode()), "")
+        request_id = given if _VALID.match(given) else uuid.uuid4().hex
+        token = current.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (HEADER.encode(), request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
