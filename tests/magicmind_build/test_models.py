@@ -49,3 +49,22 @@ def test_hugging_face_bert_qa_checkpoint_gives_identical_logits(tmp_path: pathli
     engine = load_engine(tmp_path / "engine" / "model.onnx")
     out = engine.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()})
     np.testing.assert_allclose(out["start_logits"], expected.start_logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_full_size_bert_has_the_hugging_face_parameter_set() -> None:
+    ours = BertForQuestionAnswering(BertConfig())
+    hf = HFBertForQuestionAnswering(HFBertConfig())  # bert-base-uncased dimensions
+    assert ours.state_dict().keys() == hf.state_dict().keys()
+    assert _parameters(ours) == _parameters(hf) == 108_893_186
+
+
+def test_resnet50_vd_and_efficientnet_lite0_sizes() -> None:
+    from magicmind_build.models.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
+    from magicmind_build.models.resnet_vd import ResNetVd, ResNetVdConfig
+
+    assert round(_parameters(ResNetVd(ResNetVdConfig())) / 1e6, 2) == 25.58  # PaddleClas: ResNet50_vd 25.58M
+    assert round(_parameters(EfficientNetLite(EfficientNetLiteConfig())) / 1e6, 2) == 4.65  # EfficientNet-Lite0 4.65M
