@@ -134,33 +134,29 @@ class MagicMindEngine(Engine):
             import magicmind.python.runtime as mm  # type: ignore[import-not-found]
         except ImportError as exc:
             raise EngineError("MagicMind runtime is not installed (no MLU here)") from exc
-        self._mm = mm
         self.path = pathlib.Path(path)
         self.device = mm.Device()
         self.device.id = device_id
-        self.device.active()
+        if not self.device.active().ok():
+            raise EngineError(f"cannot activate MLU {device_id}")
         self.model = mm.Model()
         self.model.deserialize_from_file(str(path))
         self.engine = self.model.create_i_engine()
         self.context = self.engine.create_i_context()
         self.queue = self.device.create_queue()
-        self.inputs = tuple(
-            TensorSpec(n, "float32", tuple(self.model.get_input_dimension(i).GetDims()))
-            for i, n in enumerate(self.model.get_input_names())
-        )
-        self.outputs = tuple(TensorSpec(n, "float32", ()) for n in self.model.get_output_names())
+        # Data types come from the manifest; the serialized model is only asked for names.
+        self.inputs = tuple(TensorSpec(n, "", ()) for n in self.model.get_input_names())
+        self.outputs = tuple(TensorSpec(n, "", ()) for n in self.model.get_output_names())
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mm = self._mm
         inputs = self.context.create_inputs()
         for tensor, spec in zip(inputs, self.inputs):
             tensor.from_numpy(np.ascontiguousarray(feeds[spec.name]))
-        outputs: list[object] = []
+        outputs: list[Any] = []
         status = self.context.enqueue(inputs, outputs, self.queue)
         if not status.ok() or not self.queue.sync().ok():
             raise EngineError(f"MagicMind enqueue failed: {status}")
-        del mm
-        return {spec.name: out.asnumpy() for spec, out in zip(self.outputs, outputs)}  # type: ignore[attr-defined]
+        return {spec.name: out.asnumpy() for spec, out in zip(self.outputs, outputs)}
 
 
 def load_engine(path: pathlib.Path, **kwargs: object) -> Engine:
