@@ -28,6 +28,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def triton_config(repo: pathlib.Path, log_file: pathlib.Path, **ports: int) -> TritonServerConfig:
+    """A tritonserver on free local ports (or the given ones), logging to ``log_file``."""
+    for name in ("http_port", "grpc_port", "metrics_port"):
+        ports.setdefault(name, free_port())
+    return TritonServerConfig(model_repository=repo, startup_timeout_s=240, log_file=log_file, **ports)
+
+
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A copy of ``triton_repo/`` with tiny engines built into it."""
@@ -41,15 +48,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def triton(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    config = TritonServerConfig(
-        model_repository=model_repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        startup_timeout_s=240,
-        log_file=log,
-    )
-    with TritonServer(config) as server:
+    with TritonServer(triton_config(model_repo, log)) as server:
         yield server
 
 

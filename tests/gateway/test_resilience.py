@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
-from tests.conftest import free_port
-from triton_local import TritonServer, TritonServerConfig
+from tests.conftest import free_port, triton_config
+from triton_local import TritonServer
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,7 @@ def test_request_during_triton_restart_is_answered(qa_only_repo: pathlib.Path, t
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
 
     def server() -> TritonServer:
-        return TritonServer(
-            TritonServerConfig(
-                model_repository=qa_only_repo, startup_timeout_s=120, log_file=tmp_path / "t.log", **ports
-            )
-        )
+        return TritonServer(triton_config(qa_only_repo, tmp_path / "t.log", **ports))
 
     settings = Settings(
         triton_url=f"127.0.0.1:{ports['grpc_port']}",

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from tests.conftest import free_port
-from triton_local import TritonServer, TritonServerConfig, TritonServerError
+from tests.conftest import triton_config
+from triton_local import TritonServer, TritonServerError
 
 
 def test_broken_model_fails_startup_fast(tmp_path: pathlib.Path) -> None:
@@ -15,15 +15,7 @@ def test_broken_model_fails_startup_fast(tmp_path: pathlib.Path) -> None:
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 1\n')
     (model / "1" / "model.py").write_text("raise ImportError('boom')\n")
-    config = TritonServerConfig(
-        model_repository=tmp_path / "repo",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        startup_timeout_s=120,
-        log_file=tmp_path / "log.txt",
-    )
-    server = TritonServer(config)
+    server = TritonServer(triton_config(tmp_path / "repo", tmp_path / "log.txt"))
     with pytest.raises(TritonServerError, match="exited"):
         server.start()
     assert "boom" in (tmp_path / "log.txt").read_text()
@@ -44,14 +36,6 @@ def test_model_without_engine_names_the_build_command(tmp_path: pathlib.Path) ->
         repo / "resnet50_vd",
         ignore=shutil.ignore_patterns("*.onnx", "manifest.json"),
     )
-    config = TritonServerConfig(
-        model_repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        startup_timeout_s=120,
-        log_file=tmp_path / "log.txt",
-    )
     with pytest.raises(TritonServerError):
-        TritonServer(config).start()
+        TritonServer(triton_config(repo, tmp_path / "log.txt")).start()
     assert "python -m magicmind_build" in (tmp_path / "log.txt").read_text()
