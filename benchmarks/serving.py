@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.endpoints:
         model = endpoints[name].model
         version_dir = args.repo / model / "1"
-        engine = load_engine(version_dir / Manifest.read(version_dir).engine_file)
+        path = version_dir / Manifest.read(version_dir).engine_file
+        engine = load_engine(path, spin=True) if path.suffix == ".onnx" else load_engine(path)
         for c in args.concurrency:
             bare[(model, c)] = bench_engine(model, engine, c, args.bare_iterations).items_per_s
 

@@ -75,6 +75,7 @@ class OnnxRuntimeEngine(Engine):
         providers: execution providers in order of preference; :func:`default_onnx_providers` when None.
         intra_op_threads: threads per operator; ONNX Runtime's default when 0.
         device_id: GPU ordinal for the CUDA/TensorRT providers (Triton's ``model_instance_device_id``).
+        spin: let idle intra-op threads spin (lower latency when the engine has the CPU to itself).
     """
 
     def __init__(
@@ -83,12 +84,17 @@ class OnnxRuntimeEngine(Engine):
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
         device_id: int = 0,
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            # Idle worker threads sleep instead of spinning: several engines (and the gateway)
+            # share the CPU, and a spinning pool steals it from whoever has work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = list(providers or default_onnx_providers())
         provider_options = [{"device_id": str(device_id)} if p in _GPU_PROVIDERS else {} for p in names]
         try:

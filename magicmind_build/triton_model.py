@@ -47,6 +47,7 @@ class EngineModel:
             providers = _parameter(self.model_config, "providers")
             kwargs["providers"] = [p for p in providers.split(",") if p] or None
             kwargs["intra_op_threads"] = int(_parameter(self.model_config, "intra_op_threads", "0"))
+            kwargs["spin"] = _parameter(self.model_config, "allow_spinning", "false").lower() == "true"
             # With instance_group KIND_GPU each instance runs on its own device.
             kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)
         self.engine = load_engine(version_dir / engine_file, **kwargs)
