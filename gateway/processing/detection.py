@@ -9,7 +9,9 @@ import numpy as np
 from gateway.processing.images import Letterbox
 
 _MAX_WH = 7680.0  # class offset for class-aware NMS, as in YOLOv5
-_MAX_NMS = 30000  # most candidates fed to NMS
+# Most candidates fed to NMS, best first. YOLOv5 uses 30000; at most max_det (300) survive and
+# each greedy step costs O(candidates), so 3000 keeps the worst case (a near-zero threshold) cheap.
+_MAX_NMS = 3000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +46,15 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, highest score first.
+
+    Stops after ``max_keep`` boxes: greedy NMS never revisits a kept box, so the first ``max_keep``
+    are final, and the work stays bounded however many candidates pass the threshold.
+    """
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         best = int(order[0])
         keep.append(best)
         if order.size == 1:
@@ -75,7 +81,7 @@ def postprocess_detections(
     if len(scores) > _MAX_NMS:
         top = np.argsort(-scores, kind="stable")[:_MAX_NMS]
         boxes, scores, classes = boxes[top], scores[top], classes[top]
-    kept = nms(boxes + (classes[:, None] * _MAX_WH), scores, iou_threshold)[:max_det]
+    kept = nms(boxes + (classes[:, None] * _MAX_WH), scores, iou_threshold, max_det)
     boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
     boxes = (boxes - np.array([letterbox.pad_x, letterbox.pad_y] * 2, dtype=np.float32)) / letterbox.gain
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, letterbox.width)
