@@ -8,9 +8,12 @@ from __future__ import annotations
 import pathlib
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
@@ -61,6 +64,23 @@ def settings(triton: TritonServer, model_repo: pathlib.Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def gateway_url(settings: Settings) -> Iterator[str]:
+    """The gateway served by a real uvicorn on a free port (for out-of-process clients)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

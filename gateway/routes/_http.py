@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Response, UploadFile
 
 from gateway.catalog import ModelInfo
 from gateway.errors import PayloadTooLarge, UnsupportedMediaType
+from gateway.schemas import ErrorResponse
 
 ACCEPTED_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "application/octet-stream"})
 _CHUNK = 1 << 20
+
+
+# Every POST route: 400 unparseable body, 413 body over the limit, 422 invalid fields, 5xx from Triton.
+_COMMON_ERRORS = (400, 413, 422, 502, 503, 504)
+
+
+def error_responses(*extra: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the JSON error body of a route's error statuses."""
+    return {code: {"model": ErrorResponse} for code in sorted({*_COMMON_ERRORS, *extra})}
 
 
 async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:

@@ -1,20 +1,19 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from gateway.deps import ServicesDep, SettingsDep
 from gateway.labels import imagenet
-from gateway.routes._http import read_upload, set_model_headers
-from gateway.schemas import ClassifyResponse, ErrorResponse, Prediction
+from gateway.routes._http import error_responses, read_upload, set_model_headers
+from gateway.schemas import ClassifyResponse, Prediction
 from gateway.tasks.classify import ClassifyQuery
 
 router = APIRouter(tags=["classify"])
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 503)}
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS)
+@router.post("/classify", response_model=ClassifyResponse, responses=error_responses(404, 415))
 async def classify_image(
     file: Annotated[UploadFile, File(description="JPEG, PNG or WebP image")],
     services: ServicesDep,

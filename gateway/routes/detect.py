@@ -1,20 +1,19 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from gateway.deps import ServicesDep, SettingsDep
 from gateway.labels import coco
-from gateway.routes._http import read_upload, set_model_headers
-from gateway.schemas import Detection, DetectResponse, ErrorResponse, ImageSize
+from gateway.routes._http import error_responses, read_upload, set_model_headers
+from gateway.schemas import Detection, DetectResponse, ImageSize
 from gateway.tasks.detect import DetectQuery
 
 router = APIRouter(tags=["detect"])
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 503)}
 
 
-@router.post("/detect", response_model=DetectResponse, responses=_ERRORS)
+@router.post("/detect", response_model=DetectResponse, responses=error_responses(415))
 async def detect_objects(
     file: Annotated[UploadFile, File(description="JPEG, PNG or WebP image")],
     services: ServicesDep,

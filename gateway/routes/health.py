@@ -23,7 +23,7 @@ async def _statuses(services: ServicesDep) -> tuple[bool, list[ModelStatus]]:
     return server, [ModelStatus(**m.model_dump(), ready=r) for m, r in zip(services.models, ready)]
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Triton or a served model is not ready"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: Triton is ready and so is every model the gateway serves (503 otherwise)."""
     server, models = await _statuses(services)

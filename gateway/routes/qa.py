@@ -3,14 +3,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from gateway.deps import ServicesDep
-from gateway.routes._http import set_model_headers
-from gateway.schemas import Answer, ErrorResponse, QARequest, QAResponse
+from gateway.routes._http import error_responses, set_model_headers
+from gateway.schemas import Answer, QARequest, QAResponse
 from gateway.tasks.qa import QAQuery
 
 router = APIRouter(tags=["qa"])
 
 
-@router.post("/qa", response_model=QAResponse, responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+@router.post("/qa", response_model=QAResponse, responses=error_responses())
 async def answer_question(body: QARequest, services: ServicesDep, response: Response) -> QAResponse:
     """Extractive question answering over ``context`` (SQuAD style)."""
     task = services.qa

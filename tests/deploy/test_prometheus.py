@@ -5,34 +5,12 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
-import uvicorn
-
-from gateway import Settings, create_app
 from tests.conftest import free_port
 from triton_local import TritonServer
-
-
-@pytest.fixture(scope="module")
-def gateway_url(settings: Settings) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def _query(prometheus: str, expr: str) -> list[dict]:
