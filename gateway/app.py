@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.admission import AdmissionControl
 from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
@@ -103,5 +104,6 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
     app.add_middleware(RequestId)
     return app

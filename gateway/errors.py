@@ -11,6 +11,7 @@ Exception tree::
     │   └── UnknownModel             404 unknown_model: no such model for this task
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
+        │                            (503 overloaded is answered by gateway.admission, before any route)
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
         └── InferenceFailed          502 inference_failed: Triton answered with an error
 """

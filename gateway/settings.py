@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         qa_max_context_chars: longest accepted context.
         max_upload_bytes: largest accepted image upload.
         max_body_bytes: largest accepted request body of any kind (refused before parsing).
+        max_inflight: most task requests processed at once; more get 503 with Retry-After (0: no bound).
         max_image_pixels: largest accepted decoded image (width x height).
         detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
         classify_resize, classify_crop, classify_top_k: classification pre/post.
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_body_bytes: int = 21 * 1024 * 1024
+    max_inflight: int = 256
     max_image_pixels: int = 40_000_000
 
     detect_img_size: int = 640
