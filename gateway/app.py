@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.admission import AdmissionControl
 from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, RequestMetrics
 from gateway.request_id import RequestId
 from gateway.routes import classify, detect, health, qa
 from gateway.services import Services
@@ -59,6 +58,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", "internal error")
 
 
+def _route_paths(app: FastAPI) -> set[str]:
+    """The app's own paths: the documented ones plus the plain routes (``/metrics``, ``/docs``)."""
+    paths: set[str] | None = getattr(app.state, "route_paths", None)
+    if paths is None:
+        plain = {path for route in app.routes if isinstance(path := getattr(route, "path", None), str)}
+        paths = app.state.route_paths = set(app.openapi()["paths"]) | plain
+    return paths
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The gateway app; its lifespan owns the Triton client and the task pipelines."""
     metrics = Metrics()
@@ -87,23 +95,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     _install_error_handlers(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.request_latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
+    # Outermost last: request id, then metrics (so shed and refused requests are counted),
+    # then admission control, then the body limit, then the routes.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
+    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
     app.add_middleware(RequestId)
     return app

@@ -5,7 +5,11 @@ Each app gets its own registry so several apps (tests) can live in one process.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -50,3 +54,39 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP answer by route and status, and timing it.
+
+    Installed outside admission control and the body limit, so shed (503) and refused (413)
+    requests are counted too. The route label is the matched route's template, else the path
+    when it is one of the app's own paths, else ``unmatched`` (bounded label cardinality).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: Callable[[], set[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope["path"] if scope["path"] in self.known_paths() else "unmatched"
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)

@@ -192,12 +192,21 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
-                raise TritonServerError(f"tritonserver exited with code {code} before becoming ready")
+                raise TritonServerError(f"tritonserver exited with code {code} before becoming ready{self._log_tail()}")
             if self.is_ready():
                 LOGGER.info("tritonserver ready at %s (gRPC %s)", self.http_url, self.grpc_url)
                 return
             time.sleep(0.5)
-        raise TritonServerError(f"tritonserver not ready after {timeout_s:.0f}s")
+        raise TritonServerError(f"tritonserver not ready after {timeout_s:.0f}s{self._log_tail()}")
+
+    def _log_tail(self, max_bytes: int = 3000) -> str:
+        """The end of the server's log, to say why it failed (empty when it logs to our stdout)."""
+        path = self.config.log_file
+        if path is None or not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - max_bytes))
+            return "; log ends:\n" + f.read().decode(errors="replace")
 
     def stop(self) -> None:
         process, self._process = self._process, None

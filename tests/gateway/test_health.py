@@ -45,3 +45,14 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
     generated = client.post("/qa", json={"question": "who?", "context": "Ada wrote it."}).headers["X-Request-ID"]
     assert len(generated) == 32 and generated != client.get("/healthz").headers["X-Request-ID"]
     assert client.get("/healthz", headers={"X-Request-ID": "bad id\n"}).headers["X-Request-ID"] != "bad id\n"
+
+
+def test_refused_requests_are_counted_under_their_route(settings) -> None:  # type: ignore[no-untyped-def]
+    from gateway import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 100}))) as small:
+        assert small.post("/qa", json={"question": "who?", "context": "x" * 200}).status_code == 413
+        small.get("/no/such/path")
+        text = small.get("/metrics").text
+    assert 'gateway_requests_total{route="/qa",status="413"} 1.0' in text
+    assert 'gateway_requests_total{route="unmatched",status="404"} 1.0' in text
