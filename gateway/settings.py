@@ -7,6 +7,8 @@ import pathlib
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.vocab import BERT_BASE_UNCASED
+
 
 class Settings(BaseSettings):
     """Gateway settings, read from ``GATEWAY_*`` environment variables (or a ``.env`` file).
@@ -20,6 +22,7 @@ class Settings(BaseSettings):
             provenance); None when the gateway cannot see it.
         qa_model, detect_model: Triton model names.
         classify_models: Triton model names selectable by ``/classify?model=``; the first is the default.
+        qa_vocab: the uncased WordPiece vocabulary of the QA model (bert-base-uncased, shipped).
         qa_max_seq_len, qa_doc_stride, qa_max_question_tokens, qa_max_answer_tokens, qa_n_best:
             tokenisation windows and span decoding.
         qa_max_context_chars: longest accepted context.
@@ -47,6 +50,7 @@ class Settings(BaseSettings):
     detect_model: str = "yolov5n"
     classify_models: list[str] = Field(default_factory=lambda: ["resnet50_vd", "efficientnet_lite0"])
 
+    qa_vocab: pathlib.Path = BERT_BASE_UNCASED
     qa_max_seq_len: int = 128
     qa_doc_stride: int = 32
     qa_max_question_tokens: int = 64

