@@ -34,5 +34,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned: 2.13.0 is the CPU build available offline; an unpinned torch would pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[build,triton,test]"
+.venv/bin/python -m pip install -q -e ".[engine,build,triton,test]"
 .venv/bin/python -c "import triton_local.server as s; print('setup: tritonserver at', s.tritonserver_binary())"
