@@ -7,9 +7,9 @@ and load balancers can back off or go elsewhere. Health, readiness and metrics a
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway._asgi import send_json_error
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/models", "/openapi.json", "/docs"})
 
@@ -28,16 +28,9 @@ class AdmissionControl:
         self.inflight = 0
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": {"code": "overloaded", "message": f"more than {self.max_inflight} requests in flight; retry"}}
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(self.retry_after_s).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        message = f"more than {self.max_inflight} requests in flight; retry"
+        retry_after = (b"retry-after", str(self.retry_after_s).encode())
+        await send_json_error(send, 503, "overloaded", message, [retry_after])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.max_inflight or scope["path"] in EXEMPT_PATHS:
