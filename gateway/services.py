@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from gateway.catalog import ModelInfo, read_model_info
 from gateway.errors import UnknownModel
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.tasks.base import Task
 from gateway.tasks.classify import ClassifyTask
 from gateway.tasks.detect import DetectTask
 from gateway.tasks.qa import QATask, load_tokenizer
@@ -61,4 +63,7 @@ class Services:
             ) from None
 
     async def close(self) -> None:
+        tasks: list[Task[Any, Any, Any]] = [self.qa, self.detect, *self.classify.values()]
+        for task in tasks:
+            await task.close()
         await self.client.close()

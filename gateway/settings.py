@@ -18,6 +18,9 @@ class Settings(BaseSettings):
         triton_timeout_s: deadline of one inference call.
         triton_retries: extra attempts for a call that failed with gRPC ``UNAVAILABLE``.
         triton_retry_backoff_s: first back-off between attempts (doubles each retry).
+        triton_shared_memory: take YOLO's 8.5 MB output through system shared memory instead of
+            gRPC; only where gateway and Triton share ``/dev/shm`` (one host or pod).
+        triton_shared_memory_regions: shared-memory regions in the pool (busy pool: gRPC path).
         model_repository: the Triton model repository, read for engine manifests (weights
             provenance); None when the gateway cannot see it.
         qa_model, detect_model: Triton model names.
@@ -44,6 +47,8 @@ class Settings(BaseSettings):
     triton_timeout_s: float = 30.0
     triton_retries: int = 3
     triton_retry_backoff_s: float = 0.2
+    triton_shared_memory: bool = False
+    triton_shared_memory_regions: int = 16
     model_repository: pathlib.Path | None = pathlib.Path("triton_repo")
 
     qa_model: str = "bert_qa"

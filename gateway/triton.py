@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from gateway.errors import InferenceFailed, TritonUnavailable, UpstreamTimeout
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
+from gateway.shared_memory import OutputRegions
 
 LOGGER = logging.getLogger(__name__)
 
@@ -79,23 +80,65 @@ class TritonClient:
         raise AssertionError("unreachable")
 
     async def infer(
-        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        regions: OutputRegions | None = None,
     ) -> dict[str, np.ndarray]:
-        """One inference call; returns the requested outputs as arrays."""
+        """One inference call; returns the requested outputs as arrays.
+
+        With ``regions``, that output comes back through shared memory when a region is free.
+        """
         infer_inputs = []
         for name, array in inputs.items():
             tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             infer_inputs.append(tensor)
-        requested = [grpcclient.InferRequestedOutput(name) for name in outputs]
-        request_id = request_id_var.get()
-        result = await self._call(
-            f"inference on {model}",
-            lambda: self._client.infer(
-                model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=self.timeout_s
-            ),
-        )
-        return {name: result.as_numpy(name) for name in outputs}
+        region = await regions.acquire(self._client) if regions is not None else None
+        try:
+            requested = []
+            for name in outputs:
+                output = grpcclient.InferRequestedOutput(name)
+                if region is not None and regions is not None and name == regions.output:
+                    output.set_shared_memory(region.name, region.nbytes)
+                requested.append(output)
+            request_id = request_id_var.get()
+
+            def call() -> Any:
+                return self._client.infer(
+                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=self.timeout_s
+                )
+
+            try:
+                result = await self._call(f"inference on {model}", call)
+            except InferenceFailed as exc:
+                # A restarted Triton has forgotten the regions: register them again, once.
+                if regions is None or region is None or "shared memory" not in exc.message:
+                    raise
+                await regions.reregister(self._client)
+                result = await self._call(f"inference on {model}", call)
+            arrays = {}
+            for name in outputs:
+                if region is not None and regions is not None and name == regions.output:
+                    tensor = result.get_output(name)
+                    arrays[name] = regions.read(region, triton_to_np_dtype(tensor.datatype), list(tensor.shape))
+                else:
+                    arrays[name] = result.as_numpy(name)
+            return arrays
+        finally:
+            if region is not None and regions is not None:
+                regions.release(region)
+
+    async def output_nbytes(self, model: str, output: str) -> int:
+        """Bytes of one request's ``output`` (batch 1), from the model's configuration."""
+        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
+        spec = next(o for o in config["config"]["output"] if o["name"] == output)
+        dtype = triton_to_np_dtype(spec["data_type"].removeprefix("TYPE_"))
+        return int(np.prod([int(d) for d in spec["dims"]])) * np.dtype(dtype).itemsize
+
+    async def close_regions(self, regions: OutputRegions) -> None:
+        await regions.close(self._client)
 
     async def max_batch_size(self, model: str) -> int:
         config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))

@@ -10,6 +10,7 @@ from anyio import to_thread
 
 from gateway.catalog import ModelInfo
 from gateway.metrics import Metrics
+from gateway.shared_memory import OutputRegions
 from gateway.triton import TritonClient
 
 RequestT = TypeVar("RequestT")
@@ -51,6 +52,11 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         with self.metrics.postprocess.labels(self.task).time():
             return await to_thread.run_sync(self.postprocess, request, features, outputs)
 
-    async def _infer_rows(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    async def _infer_rows(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], regions: OutputRegions | None = None
+    ) -> dict[str, np.ndarray]:
         self.metrics.batch_rows.labels(self.model.name).observe(len(next(iter(inputs.values()))))
-        return await self.client.infer(self.model.name, inputs, outputs)
+        return await self.client.infer(self.model.name, inputs, outputs, regions)
+
+    async def close(self) -> None:
+        """Release what the task holds beyond the shared client (nothing, by default)."""

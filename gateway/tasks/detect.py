@@ -11,8 +11,11 @@ from gateway.metrics import Metrics
 from gateway.processing.detection import Detections, postprocess_detections
 from gateway.processing.images import Letterbox, decode_image, letterbox
 from gateway.settings import Settings
+from gateway.shared_memory import OutputRegions
 from gateway.tasks.base import Task
 from gateway.triton import TritonClient
+
+OUTPUT = "output0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,7 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
     def __init__(self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings) -> None:
         super().__init__("detect", model, client, metrics)
         self.settings = settings
+        self._regions: OutputRegions | None = None
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
         image = decode_image(request.image, self.settings.max_image_pixels)
@@ -45,13 +49,26 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:
-        return await self._infer_rows({"images": features.tensor}, ["output0"])
+        return await self._infer_rows({"images": features.tensor}, [OUTPUT], await self._output_regions())
+
+    async def _output_regions(self) -> OutputRegions | None:
+        """The shared-memory pool for the 8.5 MB output, when enabled (created on first use)."""
+        if not self.settings.triton_shared_memory:
+            return None
+        if self._regions is None:
+            nbytes = await self.client.output_nbytes(self.model.name, OUTPUT)
+            self._regions = OutputRegions(OUTPUT, nbytes, self.settings.triton_shared_memory_regions)
+        return self._regions
+
+    async def close(self) -> None:
+        if self._regions is not None:
+            await self.client.close_regions(self._regions)
 
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
     ) -> tuple[Detections, Letterbox]:
         detections = postprocess_detections(
-            outputs["output0"][0],
+            outputs[OUTPUT][0],
             features.letterbox,
             request.conf_threshold,
             request.iou_threshold,

@@ -1,0 +1,101 @@
+"""System shared memory for one large Triton output, when the gateway and Triton share a host.
+
+YOLOv5n's raw output is 8.5 MB per image. Sent back over gRPC it is serialised, copied and parsed;
+written by Triton straight into a POSIX shared-memory region the gateway mapped, it is not. Each
+in-flight request borrows one region from a pool (regions are created and registered with Triton
+on first use); when all are busy the request simply takes the ordinary gRPC path.
+
+Only for deployments where both processes see the same ``/dev/shm`` (one machine, or one pod
+with a shared memory volume): set ``GATEWAY_TRITON_SHARED_MEMORY=true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import uuid
+from typing import Any
+
+import numpy as np
+import tritonclient.utils.shared_memory as shm
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """Args:
+    name: the region's name in Triton.
+    key: the POSIX shared-memory key (``/name``).
+    handle: tritonclient's handle of the mapping in this process.
+    nbytes: the region's size.
+    """
+
+    name: str
+    key: str
+    handle: Any
+    nbytes: int
+
+
+class OutputRegions:
+    """A pool of shared-memory regions for one output of one model.
+
+    Args:
+        output: the output tensor name.
+        nbytes: bytes of that output for one request.
+        size: most regions (= most concurrent requests served through shared memory).
+    """
+
+    def __init__(self, output: str, nbytes: int, size: int) -> None:
+        self.output = output
+        self.nbytes = nbytes
+        self.size = size
+        self._prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._all: list[Region] = []
+        self._free: list[Region] = []
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, client: Any) -> Region | None:
+        """A free region, registered with Triton; None when all ``size`` regions are busy."""
+        if self._free:
+            return self._free.pop()
+        async with self._lock:
+            if len(self._all) >= self.size:
+                return None
+            name = f"{self._prefix}-{len(self._all)}"
+            handle = shm.create_shared_memory_region(name, f"/{name}", self.nbytes)
+            region = Region(name, f"/{name}", handle, self.nbytes)
+            try:
+                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
+            except Exception:
+                shm.destroy_shared_memory_region(region.handle)
+                raise
+            self._all.append(region)
+            return region
+
+    def release(self, region: Region) -> None:
+        self._free.append(region)
+
+    @staticmethod
+    def read(region: Region, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray:
+        """A copy of the output held in ``region`` (the region goes back to the pool afterwards)."""
+        return np.array(shm.get_contents_as_numpy(region.handle, dtype, shape), copy=True)
+
+    async def reregister(self, client: Any) -> None:
+        """Register every region again (after a Triton restart forgot them)."""
+        LOGGER.warning("re-registering %d shared-memory regions with Triton", len(self._all))
+        for region in self._all:
+            await client.register_system_shared_memory(region.name, region.key, region.nbytes)
+
+    async def close(self, client: Any) -> None:
+        """Unregister (best effort: Triton may be gone) and unmap every region."""
+        for region in self._all:
+            try:
+                await client.unregister_system_shared_memory(region.name)
+            except Exception as exc:  # noqa: BLE001 - shutting down; the mapping is removed below regardless
+                LOGGER.info("could not unregister %s: %s", region.name, exc)
+            shm.destroy_shared_memory_region(region.handle)
+        self._all.clear()
+        self._free.clear()

@@ -1,0 +1,77 @@
+"""YOLO's output through system shared memory: the same answers as over gRPC, and robust to
+a busy pool and to Triton forgetting the regions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import tritonclient.grpc as grpcclient
+from fastapi.testclient import TestClient
+
+from gateway import Settings, create_app
+from tests.gateway.test_detect import direct_run, threshold_for
+from triton_local import TritonServer
+
+
+@pytest.fixture(scope="module")
+def shm_client(settings: Settings) -> Iterator[TestClient]:
+    enabled = settings.model_copy(update={"triton_shared_memory": True, "triton_shared_memory_regions": 2})
+    with TestClient(create_app(enabled)) as test_client:
+        yield test_client
+
+
+def _detect(client: TestClient, image: bytes, conf: float) -> dict:
+    response = client.post("/detect", params={"conf_threshold": conf}, files={"file": ("a.png", image, "image/png")})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _regions(triton: TritonServer) -> list[str]:
+    status = grpcclient.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(as_json=True)
+    return sorted(status.get("regions", {}))
+
+
+def test_shared_memory_answers_equal_grpc_answers(
+    client: TestClient, shm_client: TestClient, settings: Settings, engines: dict, astronaut_png: bytes,
+    triton: TritonServer,
+) -> None:  # fmt: skip
+    prediction, _ = direct_run(settings, engines["yolov5n"], astronaut_png)
+    conf = threshold_for(prediction, 100)
+    expected = _detect(client, astronaut_png, conf)
+    assert expected["detections"]
+    assert _detect(shm_client, astronaut_png, conf) == expected
+    assert len(_regions(triton)) == 1
+
+    # More concurrent requests than regions: the overflow takes the gRPC path, answers unchanged.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: _detect(shm_client, astronaut_png, conf), range(6)))
+    assert all(a == expected for a in answers)
+    assert 1 <= len(_regions(triton)) <= 2
+
+
+def test_regions_forgotten_by_triton_are_registered_again(
+    shm_client: TestClient, client: TestClient, astronaut_png: bytes, triton: TritonServer
+) -> None:
+    expected = _detect(client, astronaut_png, 0.5)
+    _detect(shm_client, astronaut_png, 0.5)
+    grpcclient.InferenceServerClient(triton.grpc_url).unregister_system_shared_memory()  # as after a restart
+    assert _regions(triton) == []
+    assert _detect(shm_client, astronaut_png, 0.5) == expected
+    assert _regions(triton)
+
+
+def test_shutdown_unregisters_and_unmaps_its_regions(
+    settings: Settings, astronaut_png: bytes, triton: TritonServer
+) -> None:
+    import os
+
+    before = set(_regions(triton))
+    enabled = settings.model_copy(update={"triton_shared_memory": True})
+    with TestClient(create_app(enabled)) as own:
+        _detect(own, astronaut_png, 0.5)
+        mine = set(_regions(triton)) - before
+        assert len(mine) == 1
+    assert set(_regions(triton)) == before
+    assert not any(os.path.exists(f"/dev/shm/{name}") for name in mine)
