@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class OutputRegions:
         self._lock = asyncio.Lock()
 
     async def acquire(self, client: Any) -> Region | None:
-        """A free region, registered with Triton; None when all ``size`` regions are busy."""
+        """A free region, registered with Triton; None when all ``size`` regions are busy or
+        Triton cannot register one now (the call then takes the gRPC path and its error handling)."""
         if self._free:
             return self._free.pop()
         async with self._lock:
@@ -69,9 +71,10 @@ class OutputRegions:
             region = Region(name, f"/{name}", handle, self.nbytes)
             try:
                 await client.register_system_shared_memory(region.name, region.key, region.nbytes)
-            except Exception:
+            except InferenceServerException as exc:
+                LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
                 shm.destroy_shared_memory_region(region.handle)
-                raise
+                return None
             self._all.append(region)
             return region
 
@@ -83,18 +86,23 @@ class OutputRegions:
         """A copy of the output held in ``region`` (the region goes back to the pool afterwards)."""
         return np.array(shm.get_contents_as_numpy(region.handle, dtype, shape), copy=True)
 
-    async def reregister(self, client: Any) -> None:
-        """Register every region again (after a Triton restart forgot them)."""
+    async def reregister(self, client: Any) -> bool:
+        """Register every region again (after a Triton restart forgot them); False if Triton refuses."""
         LOGGER.warning("re-registering %d shared-memory regions with Triton", len(self._all))
-        for region in self._all:
-            await client.register_system_shared_memory(region.name, region.key, region.nbytes)
+        try:
+            for region in self._all:
+                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
+        except InferenceServerException as exc:
+            LOGGER.warning("re-registering shared memory failed: %s", exc.message())
+            return False
+        return True
 
     async def close(self, client: Any) -> None:
         """Unregister (best effort: Triton may be gone) and unmap every region."""
         for region in self._all:
             try:
                 await client.unregister_system_shared_memory(region.name)
-            except Exception as exc:  # noqa: BLE001 - shutting down; the mapping is removed below regardless
+            except InferenceServerException as exc:  # shutting down: the mapping is removed below regardless
                 LOGGER.info("could not unregister %s: %s", region.name, exc)
             shm.destroy_shared_memory_region(region.handle)
         self._all.clear()

@@ -96,11 +96,13 @@ class TritonClient:
             tensor.set_data_from_numpy(array)
             infer_inputs.append(tensor)
         region = await regions.acquire(self._client) if regions is not None else None
+        # The output (if any) that comes back through shared memory for this call.
+        shm_output = regions.output if regions is not None and region is not None else None
         try:
             requested = []
             for name in outputs:
                 output = grpcclient.InferRequestedOutput(name)
-                if region is not None and regions is not None and name == regions.output:
+                if name == shm_output and region is not None:
                     output.set_shared_memory(region.name, region.nbytes)
                 requested.append(output)
             request_id = request_id_var.get()
@@ -114,20 +116,21 @@ class TritonClient:
                 result = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
                 # A restarted Triton has forgotten the regions: register them again, once.
-                if regions is None or region is None or "shared memory" not in exc.message:
+                if regions is None or shm_output is None or "shared memory" not in exc.message:
                     raise
-                await regions.reregister(self._client)
+                if not await regions.reregister(self._client):
+                    raise
                 result = await self._call(f"inference on {model}", call)
             arrays = {}
             for name in outputs:
-                if region is not None and regions is not None and name == regions.output:
+                if name == shm_output and regions is not None and region is not None:
                     tensor = result.get_output(name)
                     arrays[name] = regions.read(region, triton_to_np_dtype(tensor.datatype), list(tensor.shape))
                 else:
                     arrays[name] = result.as_numpy(name)
             return arrays
         finally:
-            if region is not None and regions is not None:
+            if regions is not None and region is not None:
                 regions.release(region)
 
     async def output_nbytes(self, model: str, output: str) -> int:
