@@ -23,9 +23,7 @@ import time
 
 import httpx
 
-from magicmind_build.bench import bench_engine
-from magicmind_build.engine import load_engine
-from magicmind_build.manifest import Manifest
+from magicmind_build.bench import bench_engine, load_bare_engine
 
 QA_BODY = {
     "question": "What does the gateway forward to Triton?",
@@ -137,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     bare: dict[tuple[str, int], float] = {}
     for name in args.endpoints:
         model = endpoints[name].model
-        version_dir = args.repo / model / "1"
-        path = version_dir / Manifest.read(version_dir).engine_file
-        engine = load_engine(path, spin=True) if path.suffix == ".onnx" else load_engine(path)
+        engine, _ = load_bare_engine(args.repo / model / "1")
         for c in args.concurrency:
             bare[(model, c)] = bench_engine(model, engine, c, args.bare_iterations).items_per_s
 

@@ -8,6 +8,8 @@ import pathlib
 
 from pydantic import BaseModel
 
+from magicmind_build.manifest import MANIFEST_NAME  # stdlib-only module: no engine or torch import
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ def read_model_info(repository: pathlib.Path | None, name: str, task: str) -> Mo
             (p for p in (repository / name).glob("*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
         )
         for version in reversed(versions):
-            path = version / "manifest.json"
+            path = version / MANIFEST_NAME
             if path.exists():
                 data = json.loads(path.read_text())
                 return ModelInfo(

@@ -49,8 +49,12 @@ class Services:
         )
 
     @property
+    def tasks(self) -> list[Task[Any, Any, Any]]:
+        return [self.qa, self.detect, *self.classify.values()]
+
+    @property
     def models(self) -> list[ModelInfo]:
-        return [self.qa.model, self.detect.model, *(task.model for task in self.classify.values())]
+        return [task.model for task in self.tasks]
 
     def classifier(self, name: str | None) -> ClassifyTask:
         if name is None:
@@ -63,7 +67,6 @@ class Services:
             ) from None
 
     async def close(self) -> None:
-        tasks: list[Task[Any, Any, Any]] = [self.qa, self.detect, *self.classify.values()]
-        for task in tasks:
+        for task in self.tasks:
             await task.close()
         await self.client.close()

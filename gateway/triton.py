@@ -133,10 +133,14 @@ class TritonClient:
             if regions is not None and region is not None:
                 regions.release(region)
 
+    async def _model_config(self, model: str) -> dict[str, Any]:
+        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
+        return config["config"]  # type: ignore[no-any-return]
+
     async def output_nbytes(self, model: str, output: str) -> int:
         """Bytes of one request's ``output`` (batch 1), from the model's configuration."""
-        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
-        spec = next(o for o in config["config"]["output"] if o["name"] == output)
+        config = await self._model_config(model)
+        spec = next(o for o in config["output"] if o["name"] == output)
         dtype = triton_to_np_dtype(spec["data_type"].removeprefix("TYPE_"))
         return int(np.prod([int(d) for d in spec["dims"]])) * np.dtype(dtype).itemsize
 
@@ -144,8 +148,7 @@ class TritonClient:
         await regions.close(self._client)
 
     async def max_batch_size(self, model: str) -> int:
-        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
-        return int(config["config"].get("max_batch_size", 0))
+        return int((await self._model_config(model)).get("max_batch_size", 0))
 
     async def server_ready(self) -> bool:
         try:

@@ -39,6 +39,17 @@ class BenchResult:
     items_per_s: float
 
 
+def load_bare_engine(version_dir: pathlib.Path) -> tuple[Engine, Manifest]:
+    """The engine built in ``version_dir``, set up to have the machine to itself.
+
+    ONNX Runtime's idle threads may spin here (Triton's models turn that off, as they share the CPU).
+    """
+    manifest = Manifest.read(version_dir)
+    path = version_dir / manifest.engine_file
+    engine = load_engine(path, spin=True) if path.suffix == ".onnx" else load_engine(path)
+    return engine, manifest
+
+
 def random_feeds(engine: Engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of the engine's shapes; token ids stay inside the vocabulary, masks are all ones."""
     rng = np.random.default_rng(seed)
@@ -91,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = []
     for name in args.models:
-        version_dir = args.repo / name / "1"
-        manifest = Manifest.read(version_dir)
-        path = version_dir / manifest.engine_file
-        # The bare engine has the machine to itself: let ONNX Runtime's threads spin.
-        engine = load_engine(path, spin=True) if path.suffix == ".onnx" else load_engine(path)
+        engine, manifest = load_bare_engine(args.repo / name / "1")
         LOGGER.info("%s: %s, %s, %s weights", name, engine.description, manifest.config.get("size"), manifest.weights)
         for batch in args.batch_sizes:
             results.append(bench_engine(name, engine, batch, args.iterations))

@@ -77,25 +77,14 @@ def test_shutdown_unregisters_and_unmaps_its_regions(
     assert not any(os.path.exists(f"/dev/shm/{name}") for name in mine)
 
 
-def test_shared_memory_with_triton_down_is_503(model_repo) -> None:  # type: ignore[no-untyped-def]
+def test_shared_memory_with_triton_down_is_503(model_repo, astronaut_png: bytes) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import free_port
 
     settings = Settings(
         triton_url=f"127.0.0.1:{free_port()}", model_repository=model_repo, triton_shared_memory=True,
         triton_retries=0, _env_file=None,  # type: ignore[call-arg]
     )  # fmt: skip
-    png = _png()
     with TestClient(create_app(settings)) as down:
-        response = down.post("/detect", files={"file": ("a.png", png, "image/png")})
+        response = down.post("/detect", files={"file": ("a.png", astronaut_png, "image/png")})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "triton_unavailable"
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
-    return buffer.getvalue()
