@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
 from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
@@ -25,10 +26,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _error(status: int, code: str, message: str, details: list[dict[str, object]] | None = None) -> JSONResponse:
-    body: dict[str, object] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status)
+    return JSONResponse(error_body(code, message, details), status_code=status)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
