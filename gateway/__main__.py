@@ -7,13 +7,14 @@ import logging
 import uvicorn
 
 from gateway.app import create_app
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
-from gateway.body_limit import BodySizeLimit
+from gateway.body_limit import BufferedBody
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
 from gateway.request_id import RequestId
@@ -99,10 +99,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
-    # Outermost last: request id, then metrics (so shed and refused requests are counted),
-    # then admission control, then the body limit, then the routes.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost last: request id, then metrics (so shed and refused requests are counted), then the
+    # body read in full (bounded in size, time and memory), then admission control, then the routes:
+    # only requests whose body has arrived take a processing slot.
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
+    app.add_middleware(
+        BufferedBody,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        max_concurrent=settings.max_body_reads,
+        max_buffered_bytes=settings.max_buffered_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
     app.add_middleware(RequestId)
     return app

@@ -8,10 +8,14 @@ Exception tree::
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
-    │   └── UnknownModel             404 unknown_model: no such model for this task
+    │   ├── UnknownModel             404 unknown_model: no such model for this task
+    │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
+    │   └── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
+    ├── Overloaded                   503 overloaded: the gateway's own bounds are full (Retry-After); raised
+    │                                by gateway.body_limit for uploads in progress (gateway.admission
+    │                                answers the same code itself, before any route)
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
-        │                            (503 overloaded is answered by gateway.admission, before any route)
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
         └── InferenceFailed          502 inference_failed: Triton answered with an error
 """
@@ -56,6 +60,21 @@ class InvalidText(RequestError):
 class UnknownModel(RequestError):
     status_code = 404
     code = "unknown_model"
+
+
+class RequestTimeout(RequestError):
+    status_code = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(RequestError):
+    status_code = 431
+    code = "headers_too_large"
+
+
+class Overloaded(GatewayError):
+    status_code = 503
+    code = "overloaded"
 
 
 class UpstreamError(GatewayError):

@@ -35,6 +35,19 @@ class Settings(BaseSettings):
         max_image_pixels: largest accepted decoded image (width x height).
         detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
         classify_resize, classify_crop, classify_top_k: classification pre/post.
+        body_timeout_s: deadline for a request body to arrive in full, once its headers have; past it
+            408 ``request_timeout`` and the connection is closed. Bodies are read before admission,
+            so an upload in progress never holds one of the ``max_inflight`` slots.
+        max_body_reads: most request bodies being read at once; more get 503 ``overloaded`` with
+            Retry-After (0: no bound).
+        max_buffered_body_bytes: most request-body bytes the gateway holds at once, from their arrival
+            until the request is answered (Content-Length is reserved up front); a body that would go
+            over gets 503 ``overloaded`` with Retry-After (0: no bound).
+        max_header_bytes: largest request line plus headers; over it 431 ``headers_too_large`` and the
+            connection is closed (uvicorn runs its h11 parser, which stops buffering at this size).
+        header_timeout_s: deadline for a request's line and headers to arrive, counted from the
+            connection's opening or, on a kept-alive connection, from the next request's first byte;
+            past it 408 ``request_timeout`` (nothing if no byte came) and the connection is closed.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -76,3 +89,9 @@ class Settings(BaseSettings):
     classify_resize: int = 256
     classify_crop: int = 224
     classify_top_k: int = 5
+
+    body_timeout_s: float = 30.0
+    max_body_reads: int = 1024
+    max_buffered_body_bytes: int = 1024 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
