@@ -79,17 +79,29 @@ def _connect(port: int) -> socket.socket:
 
 
 def _read_response(sock: socket.socket, timeout_s: float = 15.0) -> tuple[int, dict[str, str], bytes]:
-    """Read until the server closes the connection; returns status, headers, body."""
+    """Read one response (its body by Content-Length); returns status, headers, body."""
     sock.settimeout(timeout_s)
     data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data[:200]!r}"
+        data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     assert lines[0].startswith("HTTP/1.1 "), data[:200]
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _assert_closed(sock: socket.socket, timeout_s: float = 15.0) -> None:
+    """The server has closed the connection (EOF, or a reset for data it did not read)."""
+    sock.settimeout(timeout_s)
+    with contextlib.suppress(ConnectionResetError):
+        assert sock.recv(65536) == b""
 
 
 def _assert_json_error(response: tuple[int, dict[str, str], bytes], status: int, code: str) -> None:
@@ -182,6 +194,7 @@ def test_slow_uploads_hold_no_processing_slot_and_time_out_with_408(server: int,
         # At the body deadline every slow upload gets 408 with the JSON error, and the connection closes.
         for sock in uploads.sockets:
             _assert_json_error(_read_response(sock, timeout_s=4 * BODY_TIMEOUT_S), 408, "request_timeout")
+            _assert_closed(sock)
         assert time.monotonic() - started >= BODY_TIMEOUT_S
     finally:
         uploads.close()
@@ -196,11 +209,13 @@ def test_a_1mb_header_gets_431_and_the_server_stays_up(server: int) -> None:
         for i in range(0, len(request), 65536):
             sock.sendall(request[i : i + 65536])
     _assert_json_error(_read_response(sock), 431, "headers_too_large")
+    _assert_closed(sock)
     sock.close()
     # Over the limit but complete in one read: h11 parses it, the body stage refuses it.
     sock = _connect(server)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 100) + b"\r\n\r\n")
     _assert_json_error(_read_response(sock), 431, "headers_too_large")
+    _assert_closed(sock)
     sock.close()
     assert httpx.get(f"http://127.0.0.1:{server}/healthz", timeout=10).status_code == 200
 
@@ -218,6 +233,7 @@ def test_a_connection_trickling_its_headers_is_closed_at_the_header_deadline(ser
             break
     _assert_json_error(_read_response(sock), 408, "request_timeout")
     assert time.monotonic() - started >= HEADER_TIMEOUT_S
+    _assert_closed(sock)
     sock.close()
 
     idle = _connect(server)  # sends nothing at all: closed without a response
@@ -230,8 +246,8 @@ def test_a_connection_trickling_its_headers_is_closed_at_the_header_deadline(ser
     # A kept-alive connection gets the deadline again for its next request's headers.
     kept = _connect(server)
     kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-    kept.settimeout(10)
-    assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert _read_response(kept)[0] == 200
     kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: te")
     _assert_json_error(_read_response(kept), 408, "request_timeout")
+    _assert_closed(kept)
     kept.close()
