@@ -109,7 +109,7 @@ class BufferedBody:
         if length is not None and length > self.max_bytes:
             raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
         if self.max_concurrent and self.reading >= self.max_concurrent:
-            raise Overloaded(f"more than {self.max_concurrent} uploads in progress; retry")
+            raise Overloaded(f"{self.max_concurrent} uploads already in progress; retry")
         self._reserve(share, length or 0)
         self.reading += 1  # single event loop: no lock needed
         try:
@@ -143,7 +143,7 @@ class BufferedBody:
         if grow <= 0:
             return
         if self.max_buffered_bytes and self.buffered + grow > self.max_buffered_bytes:
-            raise Overloaded(f"more than {self.max_buffered_bytes} request body bytes held; retry")
+            raise Overloaded(f"request bodies held would exceed {self.max_buffered_bytes} bytes; retry")
         self.buffered += grow
         share.held = wanted
 

@@ -141,7 +141,7 @@ def test_uploads_in_progress_are_bounded_by_count_and_bytes() -> None:
         assert (app.reading, app.buffered) == (2, 100)
         status, headers, body = await _call(app, _scope([(b"content-length", b"1")]), _client([b"x"]))
         assert (status, _code(body), headers[b"retry-after"]) == (503, "overloaded", b"1")
-        assert b"uploads in progress" in body
+        assert b"uploads already in progress" in body
         for task in slow:
             task.cancel()
         await asyncio.gather(*slow, return_exceptions=True)
