@@ -7,8 +7,10 @@ Exception tree::
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   ├── UnsupportedImageShape    422 unsupported_image_shape: aspect ratio past the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   └── UnknownModel             404 unknown_model: no such model for this task
+    ├── Overloaded                   503 overloaded (+ Retry-After): the image decoding budget stayed busy
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         │                            (503 overloaded is answered by gateway.admission, before any route)
@@ -26,6 +28,7 @@ class GatewayError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
 
 
 class RequestError(GatewayError):
@@ -48,6 +51,11 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
 
 
+class UnsupportedImageShape(RequestError):
+    status_code = 422
+    code = "unsupported_image_shape"
+
+
 class InvalidText(RequestError):
     status_code = 422
     code = "invalid_text"
@@ -56,6 +64,15 @@ class InvalidText(RequestError):
 class UnknownModel(RequestError):
     status_code = 404
     code = "unknown_model"
+
+
+class Overloaded(GatewayError):
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
 
 
 class UpstreamError(GatewayError):

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
         max_image_pixels: largest accepted decoded image (width x height).
         detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
         classify_resize, classify_crop, classify_top_k: classification pre/post.
+        max_image_aspect_ratio: largest accepted ratio of an image's longer side to its shorter
+            side; beyond it 422 ``unsupported_image_shape`` before decoding (0: no limit).
+        image_decode_budget_bytes: decoding memory all image requests may hold at once; each
+            reserves ``width x height x b`` bytes, read from the header before decoding (``b`` by pixel
+            mode: 3 for 1-bit and grey, 6 palette, 7 16-bit grey, 9 colour and the rest), while it is
+            decoded and resized. An image that alone exceeds it gets 413 (0: no budget).
+        image_decode_wait_s: how long an image request waits for its share of the budget before
+            503 ``overloaded`` with ``Retry-After``.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -76,3 +84,7 @@ class Settings(BaseSettings):
     classify_resize: int = 256
     classify_crop: int = 224
     classify_top_k: int = 5
+
+    max_image_aspect_ratio: float = 20.0
+    image_decode_budget_bytes: int = 1024 * 1024 * 1024
+    image_decode_wait_s: float = 2.0
