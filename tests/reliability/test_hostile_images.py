@@ -11,6 +11,7 @@ documented JSON error carrying ``X-Request-ID``, and the process must still serv
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import pathlib
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -189,14 +190,14 @@ def _post(url: str, route: str, data: bytes, content_type: str) -> httpx.Respons
 @pytest.mark.parametrize(
     ("route", "image", "content_type", "ok"),
     [
-        ("/classify", _png("RGB", (40000, 1)), "image/png", {200}),
-        ("/classify", _png("RGB", (1, 40000)), "image/png", {200}),
-        ("/detect", _png("RGB", (1, 4000)), "image/png", {200}),
-        ("/detect", _png("RGB", (40000, 1)), "image/png", {200}),
-        ("/detect", _png_claiming(100_000, 100_000), "image/png", {413}),
-        ("/classify", _png_claiming(6001, 6000), "image/png", {413}),
-        ("/classify", _jpeg_claiming(6000, 6001), "image/jpeg", {413}),
-        ("/detect", _jpeg((6000, 6000)), "image/jpeg", {200}),  # exactly at max_image_pixels
+        ("/classify", functools.partial(_png, "RGB", (40000, 1)), "image/png", {200}),
+        ("/classify", functools.partial(_png, "RGB", (1, 40000)), "image/png", {200}),
+        ("/detect", functools.partial(_png, "RGB", (1, 4000)), "image/png", {200}),
+        ("/detect", functools.partial(_png, "RGB", (40000, 1)), "image/png", {200}),
+        ("/detect", functools.partial(_png_claiming, 100_000, 100_000), "image/png", {413}),
+        ("/classify", functools.partial(_png_claiming, 6001, 6000), "image/png", {413}),
+        ("/classify", functools.partial(_jpeg_claiming, 6000, 6001), "image/jpeg", {413}),
+        ("/detect", functools.partial(_jpeg, (6000, 6000)), "image/jpeg", {200}),  # exactly at max_image_pixels
     ],
     ids=[
         "40000x1",
@@ -210,9 +211,14 @@ def _post(url: str, route: str, data: bytes, content_type: str) -> httpx.Respons
     ],
 )
 def test_hostile_image_is_answered_and_the_gateway_lives(
-    limited_gateway: GatewayProcess, chelsea_jpeg: bytes, route: str, image: bytes, content_type: str, ok: set[int]
+    limited_gateway: GatewayProcess,
+    chelsea_jpeg: bytes,
+    route: str,
+    image: Callable[[], bytes],
+    content_type: str,
+    ok: set[int],
 ) -> None:
-    response = _post(limited_gateway.url, route, image, content_type)
+    response = _post(limited_gateway.url, route, image(), content_type)
     _assert_answered(response, ok)
     assert response.status_code in ok, response.text
     assert limited_gateway.alive(), limited_gateway.log.read_text()
