@@ -136,14 +136,14 @@ class GatewayProcess:
         self._log_file.close()
 
 
-def _warm_up(url: str, image: bytes) -> None:
-    """Normal traffic, ten at a time on each image route, so threads and channels exist."""
+def _warm_up(url: str, image: bytes, concurrency: int) -> None:
+    """Normal traffic, ``concurrency`` at a time on each image route, so threads and channels exist."""
 
     async def run() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             for route in ("/classify", "/detect"):
                 files = {"file": ("c.jpg", image, "image/jpeg")}
-                responses = await asyncio.gather(*(client.post(route, files=files) for _ in range(10)))
+                responses = await asyncio.gather(*(client.post(route, files=files) for _ in range(concurrency)))
                 assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
 
     asyncio.run(run())
@@ -156,14 +156,14 @@ def limited_gateway(
     logs = tmp_path_factory.mktemp("hostile")
     probe = GatewayProcess(settings, logs / "probe.log")
     try:
-        _warm_up(probe.url, chelsea_jpeg)
+        _warm_up(probe.url, chelsea_jpeg, concurrency=10)
         idle_kb = probe.vm_kb()["VmPeak"]
     finally:
         probe.stop()
     limit = idle_kb * 1024 + BUDGET_BYTES + HEADROOM_BYTES
     gateway = GatewayProcess(settings, logs / "limited.log", as_limit_bytes=limit)
     try:
-        _warm_up(gateway.url, chelsea_jpeg)
+        _warm_up(gateway.url, chelsea_jpeg, concurrency=1)
         print(f"idle VmPeak {idle_kb / 1024:.0f} MiB; address-space limit {limit / 2**20:.0f} MiB")
         yield gateway
         print(f"after the tests: {gateway.vm_kb()}")
