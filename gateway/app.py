@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
 from gateway.request_id import RequestId
 from gateway.routes import classify, detect, health, qa
+from gateway.server_errors import ServerErrors
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -34,7 +35,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         if exc.status_code >= 500:
             LOGGER.warning("%s: %s", exc.code, exc.message)
-        return _error(exc.status_code, exc.code, exc.message)
+        response = _error(exc.status_code, exc.code, exc.message)
+        response.headers.update(exc.headers)  # e.g. Retry-After on 503
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -50,10 +53,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})  # e.g. Allow on 405
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        LOGGER.exception("unhandled error")
-        return _error(500, "internal_error", "internal error")
+    # Anything else is answered by gateway.server_errors.ServerErrors (500, with the request id).
 
 
 def _route_paths(app: FastAPI) -> set[str]:
@@ -99,9 +99,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
-    # Outermost last: request id, then metrics (so shed and refused requests are counted), then the
-    # body read in full (bounded in size, time and memory), then admission control, then the routes:
-    # only requests whose body has arrived take a processing slot.
+    # Outermost last: request id, then the catch-all 500 (inside the request id, so it carries it),
+    # then metrics (so shed and refused requests are counted), then the body read in full (bounded in
+    # size, time and memory), then admission control, then the routes: only requests whose body has
+    # arrived take a processing slot.
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
     app.add_middleware(
         BufferedBody,
@@ -112,5 +113,6 @@ def create_app(settings: Settings) -> FastAPI:
         max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
+    app.add_middleware(ServerErrors)
     app.add_middleware(RequestId)
     return app

@@ -7,13 +7,15 @@ Exception tree::
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   ├── UnsupportedImageShape    422 unsupported_image_shape: aspect ratio past the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   ├── UnknownModel             404 unknown_model: no such model for this task
     │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
     │   └── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
-    ├── Overloaded                   503 overloaded: the gateway's own bounds are full (Retry-After); raised
-    │                                by gateway.body_limit for uploads in progress (gateway.admission
-    │                                answers the same code itself, before any route)
+    ├── Overloaded                   503 overloaded (+ Retry-After): the gateway's own bounds are full:
+    │                                uploads in progress (gateway.body_limit) or the image decoding
+    │                                budget (gateway.image_budget); gateway.admission answers the same
+    │                                code itself, before any route
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
@@ -30,6 +32,7 @@ class GatewayError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
 
 
 class RequestError(GatewayError):
@@ -50,6 +53,11 @@ class UnsupportedMediaType(RequestError):
 class PayloadTooLarge(RequestError):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnsupportedImageShape(RequestError):
+    status_code = 422
+    code = "unsupported_image_shape"
 
 
 class InvalidText(RequestError):
@@ -75,6 +83,10 @@ class HeadersTooLarge(RequestError):
 class Overloaded(GatewayError):
     status_code = 503
     code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = str(retry_after_s)
 
 
 class UpstreamError(GatewayError):

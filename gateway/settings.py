@@ -48,6 +48,14 @@ class Settings(BaseSettings):
         header_timeout_s: deadline for a request's line and headers to arrive, counted from the
             connection's opening or, on a kept-alive connection, from the next request's first byte;
             past it 408 ``request_timeout`` (nothing if no byte came) and the connection is closed.
+        max_image_aspect_ratio: largest accepted ratio of an image's longer side to its shorter
+            side; beyond it 422 ``unsupported_image_shape`` before decoding (0: no limit).
+        image_decode_budget_bytes: decoding memory all image requests may hold at once; each
+            reserves ``width x height x b`` bytes, read from the header before decoding (``b`` by pixel
+            mode: 3 for 1-bit and grey, 6 palette, 7 16-bit grey, 9 colour and the rest), while it is
+            decoded and resized. An image that alone exceeds it gets 413 (0: no budget).
+        image_decode_wait_s: how long an image request waits for its share of the budget before
+            503 ``overloaded`` with ``Retry-After``.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -95,3 +103,6 @@ class Settings(BaseSettings):
     max_buffered_body_bytes: int = 1024 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
+    max_image_aspect_ratio: float = 20.0
+    image_decode_budget_bytes: int = 1024 * 1024 * 1024
+    image_decode_wait_s: float = 2.0
