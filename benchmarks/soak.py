@@ -43,7 +43,6 @@ import io
 import os
 import pathlib
 import random
-import re
 import signal
 import struct
 import subprocess
@@ -58,6 +57,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gateway.schemas import ClassifyResponse, DetectResponse, QAResponse
+from triton_local import stubs as triton_stubs
 
 SHED = frozenset({503, 429})  # 503 overloaded / triton_unavailable; 429 a client rate limit (when enabled)
 UPSTREAM = frozenset({502, 503, 504})  # inference_failed, triton_unavailable, upstream_timeout
@@ -271,28 +271,6 @@ class RssSampler:
         self.sample()
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def stub_pid(triton_pid: int, model: str) -> int | None:
-    """The Python-backend stub of ``model``: a child of ``triton_pid`` whose argv names ``<model>_<g>_<i>``."""
-    instance = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
-    for child in children(triton_pid):
-        try:
-            argv = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv[0].endswith("triton_python_backend_stub") and any(instance.match(a) for a in argv):
-            return child
-    return None
-
-
 class Faults:
     """Injects the chosen faults in turn; touches only ``triton_pid`` and its stub children.
 
@@ -309,7 +287,7 @@ class Faults:
         self,
         names: list[str],
         triton_pid: Callable[[], int | None],
-        restart_triton: Callable[[float], None] | None,
+        restart_triton: Callable[[float], list[str]] | None,
         every_s: float,
         fault_s: float,
         stub_models: list[str],
@@ -340,16 +318,18 @@ class Faults:
                 os.kill(pid, signal.SIGCONT)
         elif name == "stub_kill":
             model = self.stub_models[turn % len(self.stub_models)]
-            stub = stub_pid(pid, model)
-            if stub is None:
+            found = triton_stubs.stubs(pid, model)
+            if not found:
                 self.note(f"stub_kill: no live stub of {model} under tritonserver {pid}")
                 return
-            os.kill(stub, signal.SIGKILL)
-            self.note(f"stub_kill: SIGKILL {model} stub {stub}")
+            os.kill(found[0].pid, signal.SIGKILL)
+            self.note(f"stub_kill: SIGKILL {found[0].instance} stub {found[0].pid}")
         elif name == "triton_kill" and self.restart_triton is not None:
             self.note(f"triton_kill: SIGKILL tritonserver {pid}, restart after {self.fault_s:.0f}s")
             started = time.monotonic()
-            await asyncio.to_thread(self.restart_triton, self.fault_s)
+            orphans = await asyncio.to_thread(self.restart_triton, self.fault_s)
+            if orphans:
+                self.note(f"triton_kill: stubs that outlived tritonserver {pid}, SIGKILLed: {' '.join(orphans)}")
             self.note(
                 f"triton_kill: tritonserver {self.triton_pid()} ready {time.monotonic() - started:.1f}s after the kill"
             )
@@ -358,10 +338,14 @@ class Faults:
         turn = 0
         while self.names:
             start = time.monotonic() + self.every_s / 2 if turn == 0 else time.monotonic() + self.every_s
-            if start >= deadline:
+            if start + self.fault_s >= deadline:
                 return
             await asyncio.sleep(start - time.monotonic())
-            await self.inject(self.names[turn % len(self.names)], turn // len(self.names))
+            name = self.names[turn % len(self.names)]
+            try:
+                await self.inject(name, turn // len(self.names))
+            except Exception as exc:  # noqa: BLE001 - report it with the faults, keep the load going
+                self.note(f"{name}: failed: {type(exc).__name__}: {exc}")
             turn += 1
 
 
@@ -555,13 +539,19 @@ def main(argv: list[str] | None = None) -> int:
         def triton_pid() -> int | None:
             return triton.pid if triton is not None else args.triton_pid
 
-        def restart_triton(outage_s: float) -> None:
+        def restart_triton(outage_s: float) -> list[str]:
+            """SIGKILL the owned tritonserver, clean up after its stubs, start it again; orphaned stubs."""
+            assert triton is not None
             pid = triton.pid
+            stale = triton_stubs.stubs(pid) if pid is not None else []
+            killed_at = time.monotonic()
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
             triton.stop()  # reaps it
-            time.sleep(outage_s)
+            orphans = triton_stubs.reap(stale, timeout_s=outage_s)
+            time.sleep(max(0.0, killed_at + outage_s - time.monotonic()))
             triton.start()
+            return [s.instance for s in orphans]
 
         faults = None
         if args.faults:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
@@ -31,47 +31,16 @@ import pytest
 
 from tests.conftest import ROOT, free_port, triton_config
 from triton_local import TritonServer
+from triton_local import stubs as triton_stubs
 
 HERE = pathlib.Path(__file__).resolve().parent
+LOGGER = logging.getLogger(__name__)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in pathlib.Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.reliability)
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from ``/proc/<pid>/task/*/children``."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def stub_pids(triton_pid: int, model: str) -> list[int]:
-    """PIDs of the Python-backend stubs of ``model`` among the children of ``triton_pid``.
-
-    A stub's command line names its model instance (``<model>_<group>_<index>``).
-    """
-    instance = re.compile(rf"^{re.escape(model)}_\d+_\d+$")
-    pids = []
-    for child in _children(triton_pid):
-        try:
-            argv = pathlib.Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith("triton_python_backend_stub") and any(instance.match(a) for a in argv):
-            pids.append(child)
-    return pids
-
-
-def _wait_gone(pids: list[int], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(pathlib.Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.1)
 
 
 class OwnTriton:
@@ -88,6 +57,7 @@ class OwnTriton:
         self.ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
         self._server: TritonServer | None = None
         self._paused = False
+        self.orphans: list[triton_stubs.Stub] = []
 
     @property
     def grpc_url(self) -> str:
@@ -111,15 +81,20 @@ class OwnTriton:
         self._server = server
 
     def kill(self) -> None:
-        """SIGKILL tritonserver (no clean shutdown) and wait, bounded, for it and its stubs to be gone."""
+        """SIGKILL tritonserver (no clean shutdown), reap it, and clean up after its stubs (bounded).
+
+        ``orphans`` lists the stubs that outlived it and had to be killed (a stub busy at that
+        moment can); their ``/dev/shm`` regions are removed too.
+        """
         server, self._server = self._server, None
         assert server is not None and server.pid is not None, "tritonserver is not running"
-        pid = server.pid
-        stubs = _children(pid)
-        os.kill(pid, signal.SIGKILL)
+        stale = triton_stubs.stubs(server.pid)
+        os.kill(server.pid, signal.SIGKILL)
         self._paused = False
         server.stop()  # reaps the killed process, closes the log, removes the backend dir
-        _wait_gone(stubs, timeout_s=15)  # stubs notice their parent is gone and exit
+        self.orphans = triton_stubs.reap(stale, timeout_s=10)
+        if self.orphans:
+            LOGGER.warning("stubs that outlived the killed tritonserver: %s", [s.instance for s in self.orphans])
 
     def pause(self) -> None:
         """SIGSTOP tritonserver: it accepts connections but answers nothing."""
@@ -130,8 +105,9 @@ class OwnTriton:
         os.kill(self.pid, signal.SIGCONT)
         self._paused = False
 
-    def stub_pids(self, model: str) -> list[int]:
-        return stub_pids(self.pid, model)
+    def stubs(self, model: str | None = None) -> list[triton_stubs.Stub]:
+        """The live Python-backend stubs (of ``model``), e.g. to SIGKILL one."""
+        return triton_stubs.stubs(self.pid, model)
 
     def stop(self) -> None:
         """Clean stop (SIGCONT first when frozen, then tritonserver's own SIGINT-then-kill)."""

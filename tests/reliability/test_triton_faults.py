@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.reliability.conftest import GatewayProcess, OwnTriton, answer_of, gateway_env
+from triton_local import stubs as triton_stubs
 
 CLIENT_TIMEOUT_S = 30.0  # far above any answer the gateway should give here; hitting it is a hang
 RECOVERY_DEADLINE_S = 60.0
@@ -66,7 +67,11 @@ def test_triton_kill_and_restart_on_same_ports(
     gateway = start_gateway(gateway_env(triton.grpc_url, triton.repo))
     assert _burst(gateway.url, chelsea_jpeg, 2) == [(200, None), (200, None)]
 
+    before = triton.stubs()
+    assert {s.model for s in before} == {"bert_qa", "yolov5n", "resnet50_vd", "efficientnet_lite0"}, before
     triton.kill()
+    # Its stubs are gone too (exited with their parent, or reaped by kill()).
+    assert not [s for s in before if triton_stubs.is_running(s)], before
     # Down, and not coming back during this burst: each request is refused after the retries.
     assert _burst(gateway.url, chelsea_jpeg, 6) == [(503, "triton_unavailable")] * 6
     ready = httpx.get(f"{gateway.url}/readyz", timeout=CLIENT_TIMEOUT_S)
