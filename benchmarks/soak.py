@@ -457,7 +457,17 @@ def start_stack(args: argparse.Namespace) -> Iterator[tuple[str, int, Any]]:
     }
     url = f"http://127.0.0.1:{args.gateway_port}"
     sys.stderr.write(f"soak: starting tritonserver on {args.repo} and the gateway at {url}; logs in {log_dir}\n")
-    with TritonServer(config) as triton, open(log_dir / "gateway.log", "ab") as log:
+    with contextlib.ExitStack() as stack:
+        triton = TritonServer(config)
+        triton.start()
+
+        @stack.callback
+        def stop_triton() -> None:
+            stale = [] if triton.pid is None else triton_stubs.stubs(triton.pid)
+            triton.stop()
+            triton_stubs.reap(stale, timeout_s=10)  # a server killed after ignoring SIGINT can leave stubs
+
+        log = stack.enter_context(open(log_dir / "gateway.log", "ab"))
         process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed argv
             [sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT
         )

@@ -114,10 +114,12 @@ class OwnTriton:
         server, self._server = self._server, None
         if server is None:
             return
+        stale = [] if server.pid is None else triton_stubs.stubs(server.pid)
         if self._paused and server.pid is not None:
             os.kill(server.pid, signal.SIGCONT)
             self._paused = False
         server.stop()
+        triton_stubs.reap(stale, timeout_s=10)  # a server killed after ignoring SIGINT can leave stubs
 
 
 @pytest.fixture
