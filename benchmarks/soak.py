@@ -299,6 +299,7 @@ class Faults:
         self.fault_s = fault_s
         self.stub_models = stub_models
         self.log: list[str] = []
+        self.killed_stubs: list[triton_stubs.Stub] = []
         self._started = time.monotonic()
 
     def note(self, text: str) -> None:
@@ -323,6 +324,7 @@ class Faults:
                 self.note(f"stub_kill: no live stub of {model} under tritonserver {pid}")
                 return
             os.kill(found[0].pid, signal.SIGKILL)
+            self.killed_stubs.append(found[0])
             self.note(f"stub_kill: SIGKILL {found[0].instance} stub {found[0].pid}")
         elif name == "triton_kill" and self.restart_triton is not None:
             self.note(f"triton_kill: SIGKILL tritonserver {pid}, restart after {self.fault_s:.0f}s")
@@ -574,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.stub_models,
             )
         load, elapsed, rss = asyncio.run(soak(url, args, faults, gateway_pid))
+    if triton is not None and faults is not None:
+        triton_stubs.reap(faults.killed_stubs, timeout_s=1)  # our server is gone: drop the stubs' shm regions
     sys.stdout.write(report(load, elapsed, rss, faults, args))
     return 1 if any(o.failure for o in load.outcomes) else 0
 
