@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
 from gateway.body_limit import BodySizeLimit
+from gateway.deadline import RequestDeadline
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
 from gateway.request_id import RequestId
@@ -102,6 +103,14 @@ def create_app(settings: Settings) -> FastAPI:
     # Outermost last: request id, then metrics (so shed and refused requests are counted),
     # then admission control, then the body limit, then the routes.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # The request deadline (X-Request-Timeout) and cancellation on disconnect sit inside admission
+    # control, so a cancelled request frees its admission slot as soon as its work is cancelled.
+    app.add_middleware(
+        RequestDeadline,
+        metrics=metrics,
+        default_s=settings.request_timeout_s,
+        max_s=settings.max_request_timeout_s,
+    )
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
     app.add_middleware(RequestId)

@@ -7,6 +7,7 @@ Exception tree::
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   │   └── TooManyWindows       413 too_many_windows: a /qa context needing more windows than allowed
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   └── UnknownModel             404 unknown_model: no such model for this task
     └── UpstreamError                5xx: Triton is at fault
@@ -46,6 +47,11 @@ class UnsupportedMediaType(RequestError):
 class PayloadTooLarge(RequestError):
     status_code = 413
     code = "payload_too_large"
+
+
+class TooManyWindows(PayloadTooLarge):
+    status_code = 413
+    code = "too_many_windows"
 
 
 class InvalidText(RequestError):

@@ -54,6 +54,12 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        self.cancelled = Counter(
+            "gateway_cancelled_requests",
+            "Requests whose work was cancelled, by route and reason (deadline, client_disconnect)",
+            ["route", "reason"],
+            registry=r,
+        )
 
 
 class RequestMetrics:

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         max_image_pixels: largest accepted decoded image (width x height).
         detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
         classify_resize, classify_crop, classify_top_k: classification pre/post.
+        qa_max_windows: most 128-token windows one /qa context may need; more get 413
+            ``too_many_windows`` (checked after tokenising, before any inference).
+        qa_chunk_rows: windows per Triton call of one /qa request (capped by the model's
+            ``max_batch_size``); a request's calls go one at a time, so other requests' rows join
+            Triton's batches between them (0: ``max_batch_size`` rows, or all windows when that is 0).
+        request_timeout_s: deadline of a task request that sends no ``X-Request-Timeout`` header;
+            past it the request's Triton work is cancelled and the client gets 504 ``upstream_timeout``.
+        max_request_timeout_s: longest deadline a client may ask for with ``X-Request-Timeout``
+            (larger values are cut to it).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -76,3 +85,8 @@ class Settings(BaseSettings):
     classify_resize: int = 256
     classify_crop: int = 224
     classify_top_k: int = 5
+
+    qa_max_windows: int = 128
+    qa_chunk_rows: int = 16
+    request_timeout_s: float = 30.0
+    max_request_timeout_s: float = 60.0
