@@ -74,6 +74,7 @@ class EngineModel:
         feeds: list[dict[str, np.ndarray]] = []
         for i, request in enumerate(requests):
             if request.is_cancelled():
+                pb_utils.Logger.log_verbose(f"request {request.request_id()!r} cancelled; not run")
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError("request cancelled by its client", pb_utils.TritonError.CANCELLED)
                 )
