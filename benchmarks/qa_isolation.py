@@ -33,7 +33,12 @@ def long_body(paragraphs: int) -> dict[str, str]:
 async def run(url: str, paragraphs: int, small: int, start_delay_s: float, timeout_s: float) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
         t0 = time.perf_counter()
-        long_task = asyncio.ensure_future(client.post("/qa", json=long_body(paragraphs)))
+
+        async def long_request() -> tuple[httpx.Response, float]:
+            response = await client.post("/qa", json=long_body(paragraphs))
+            return response, time.perf_counter()
+
+        long_task = asyncio.ensure_future(long_request())
         await asyncio.sleep(start_delay_s)
         small_ms: list[float] = []
         small_done_at: list[float] = []
@@ -44,8 +49,7 @@ async def run(url: str, paragraphs: int, small: int, start_delay_s: float, timeo
             small_ms.append((time.perf_counter() - start) * 1000)
             small_done_at.append(time.perf_counter())
             small_status.append(response.status_code)
-        long_response = await long_task
-        long_done = time.perf_counter()
+        long_response, long_done = await long_task
     long_ms = (long_done - t0) * 1000
     windows = long_response.json().get("windows", "-") if long_response.status_code == 200 else "-"
     before_long = sum(1 for t in small_done_at if t < long_done)

@@ -49,7 +49,7 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "gateway_inference_rows",
-            "Rows (windows or images) sent to Triton per request",
+            "Rows (windows or images) sent to Triton per call",
             ["model"],
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
