@@ -40,6 +40,7 @@ def _inputs() -> list[aio.InferInput]:
 def test_cancelled_requests_are_not_run(triton: TritonServer) -> None:
     rows_before = _metric(triton, "nv_inference_count")
     cancelled_before = _metric(triton, "nv_inference_request_failure", 'reason="CANCELED",')
+    backend_errors_before = _metric(triton, "nv_inference_request_failure", 'reason="BACKEND",')
 
     async def scenario() -> None:
         client = aio.InferenceServerClient(triton.grpc_url)
@@ -61,5 +62,7 @@ def test_cancelled_requests_are_not_run(triton: TritonServer) -> None:
     rows_run = _metric(triton, "nv_inference_count") - rows_before
     cancelled = _metric(triton, "nv_inference_request_failure", 'reason="CANCELED",') - cancelled_before
     assert cancelled >= 1
+    # Answering a cancelled request (pb_utils.TritonError.CANCELLED) never broke execute().
+    assert _metric(triton, "nv_inference_request_failure", 'reason="BACKEND",') == backend_errors_before
     assert rows_run < (1 + QUEUED) * ROWS
     assert rows_run % ROWS == 0  # whole requests ran or none of their rows did
