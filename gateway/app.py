@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
 from gateway.body_limit import BufferedBody
+from gateway.deadline import RequestDeadline
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
 from gateway.request_id import RequestId
@@ -102,7 +103,14 @@ def create_app(settings: Settings) -> FastAPI:
     # Outermost last: request id, then the catch-all 500 (inside the request id, so it carries it),
     # then metrics (so shed and refused requests are counted), then the body read in full (bounded in
     # size, time and memory), then admission control, then the routes: only requests whose body has
-    # arrived take a processing slot.
+    # arrived take a processing slot. The request deadline (X-Request-Timeout) and cancellation on
+    # disconnect sit inside admission control, so a cancelled request frees its slot at once.
+    app.add_middleware(
+        RequestDeadline,
+        metrics=metrics,
+        default_s=settings.request_timeout_s,
+        max_s=settings.max_request_timeout_s,
+    )
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
     app.add_middleware(
         BufferedBody,

@@ -7,6 +7,7 @@ Exception tree::
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   │   └── TooManyWindows       413 too_many_windows: a /qa context needing more windows than allowed
     │   ├── UnsupportedImageShape    422 unsupported_image_shape: aspect ratio past the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   ├── UnknownModel             404 unknown_model: no such model for this task
@@ -58,6 +59,11 @@ class PayloadTooLarge(RequestError):
 class UnsupportedImageShape(RequestError):
     status_code = 422
     code = "unsupported_image_shape"
+
+
+class TooManyWindows(PayloadTooLarge):
+    status_code = 413
+    code = "too_many_windows"
 
 
 class InvalidText(RequestError):

@@ -49,10 +49,16 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "gateway_inference_rows",
-            "Rows (windows or images) sent to Triton per request",
+            "Rows (windows or images) sent to Triton per call",
             ["model"],
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.cancelled = Counter(
+            "gateway_cancelled_requests",
+            "Requests whose work was cancelled, by route and reason (deadline, client_disconnect)",
+            ["route", "reason"],
+            registry=r,
         )
 
 

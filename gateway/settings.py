@@ -56,6 +56,15 @@ class Settings(BaseSettings):
             decoded and resized. An image that alone exceeds it gets 413 (0: no budget).
         image_decode_wait_s: how long an image request waits for its share of the budget before
             503 ``overloaded`` with ``Retry-After``.
+        qa_max_windows: most 128-token windows one /qa context may need; more get 413
+            ``too_many_windows`` (checked after tokenising, before any inference).
+        qa_chunk_rows: windows per Triton call of one /qa request (capped by the model's
+            ``max_batch_size``); a request's calls go one at a time, so other requests' rows join
+            Triton's batches between them (0: ``max_batch_size`` rows, or all windows when that is 0).
+        request_timeout_s: deadline of a task request that sends no ``X-Request-Timeout`` header;
+            past it the request's Triton work is cancelled and the client gets 504 ``upstream_timeout``.
+        max_request_timeout_s: longest deadline a client may ask for with ``X-Request-Timeout``
+            (larger values are cut to it).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -106,3 +115,7 @@ class Settings(BaseSettings):
     max_image_aspect_ratio: float = 20.0
     image_decode_budget_bytes: int = 1024 * 1024 * 1024
     image_decode_wait_s: float = 2.0
+    qa_max_windows: int = 128
+    qa_chunk_rows: int = 16
+    request_timeout_s: float = 30.0
+    max_request_timeout_s: float = 60.0

@@ -16,6 +16,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from gateway import deadline
 from gateway.errors import InferenceFailed, TritonUnavailable, UpstreamTimeout
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
@@ -75,7 +76,7 @@ class TritonClient:
                 if status == _UNAVAILABLE:
                     raise TritonUnavailable(f"Triton at {self.url} is unavailable: {exc.message()}") from exc
                 if status == _DEADLINE:
-                    raise UpstreamTimeout(f"{what} took longer than {self.timeout_s}s") from exc
+                    raise UpstreamTimeout(f"{what} did not finish before its deadline") from exc
                 raise InferenceFailed(f"{what} failed: {exc.message()}") from exc
         raise AssertionError("unreachable")
 
@@ -89,6 +90,8 @@ class TritonClient:
         """One inference call; returns the requested outputs as arrays.
 
         With ``regions``, that output comes back through shared memory when a region is free.
+        Its gRPC deadline is ``timeout_s`` or what is left of the request's deadline
+        (:mod:`gateway.deadline`), whichever is sooner; none left: :class:`UpstreamTimeout` at once.
         """
         infer_inputs = []
         for name, array in inputs.items():
@@ -108,8 +111,12 @@ class TritonClient:
             request_id = request_id_var.get()
 
             def call() -> Any:
+                left = deadline.remaining()
+                timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+                if timeout <= 0:
+                    raise UpstreamTimeout(f"inference on {model}: the request's deadline has passed")
                 return self._client.infer(
-                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=self.timeout_s
+                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=timeout
                 )
 
             try:
