@@ -14,10 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
+from gateway.auth import ApiKeyAuth, load_api_keys
 from gateway.body_limit import BodySizeLimit
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
+from gateway.rate_limit import RateLimit, TokenBuckets
 from gateway.request_id import RequestId
+from gateway.request_id import current as request_id_var
 from gateway.routes import classify, detect, health, qa
 from gateway.services import Services
 from gateway.settings import Settings
@@ -33,7 +36,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         if exc.status_code >= 500:
-            LOGGER.warning("%s: %s", exc.code, exc.message)
+            # Details (Triton's address, raw gRPC text) go to the log only, keyed by the request id.
+            request_id = request_id_var.get()
+            LOGGER.warning("%s [request %s]: %s (%s)", exc.code, request_id, exc.message, exc.detail)
+            return _error(exc.status_code, exc.code, f"{exc.message} (request id {request_id})")
         return _error(exc.status_code, exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -83,26 +89,38 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.close()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Inference gateway",
         description="BERT QA, YOLOv5n detection and ImageNet classification in front of Triton",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     _install_error_handlers(app)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:  # else served by gateway.metrics.metrics_app on its own port
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
-    # Outermost last: request id, then metrics (so shed and refused requests are counted),
-    # then admission control, then the body limit, then the routes.
+    # Outermost last: request id, then metrics (so shed and refused requests are counted), then
+    # the API key check and the rate limit (cheap rejections, before any body is read), then
+    # admission control, then the body limit, then the routes.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
+    if settings.rate_limit_per_s > 0:
+        buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients)
+        app.add_middleware(RateLimit, buckets=buckets)
+    if keys := load_api_keys(settings):
+        app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
     app.add_middleware(RequestId)
     return app

@@ -8,12 +8,19 @@ Exception tree::
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
-    │   └── UnknownModel             404 unknown_model: no such model for this task
+    │   ├── UnknownModel             404 unknown_model: no such model for this task
+    │   ├── Unauthorized             401 unauthorized: API keys are set and none valid was given
+    │   │                            (answered by gateway.auth, before any route)
+    │   └── RateLimited              429 rate_limited: the client's token bucket is empty
+    │                                (answered by gateway.rate_limit, before any route)
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         │                            (503 overloaded is answered by gateway.admission, before any route)
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
         └── InferenceFailed          502 inference_failed: Triton answered with an error
+
+``message`` is what the client reads; ``detail`` (internal addresses, raw gRPC text) is only
+logged, with the request id. Upstream errors carry a generic message and put the rest in ``detail``.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.message = message
+        self.detail = detail
 
 
 class RequestError(GatewayError):
@@ -56,6 +64,16 @@ class InvalidText(RequestError):
 class UnknownModel(RequestError):
     status_code = 404
     code = "unknown_model"
+
+
+class Unauthorized(RequestError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class RateLimited(RequestError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class UpstreamError(GatewayError):
