@@ -12,7 +12,11 @@ Exception tree::
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   ├── UnknownModel             404 unknown_model: no such model for this task
     │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
-    │   └── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
+    │   ├── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
+    │   ├── Unauthorized             401 unauthorized: API keys are set and none valid was given
+    │   │                            (answered by gateway.auth, before any route)
+    │   └── RateLimited              429 rate_limited: the client's token bucket is empty
+    │                                (answered by gateway.rate_limit, before any route)
     ├── Overloaded                   503 overloaded (+ Retry-After): the gateway's own bounds are full:
     │                                uploads in progress (gateway.body_limit) or the image decoding
     │                                budget (gateway.image_budget); gateway.admission answers the same
@@ -21,6 +25,9 @@ Exception tree::
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
         └── InferenceFailed          502 inference_failed: Triton answered with an error
+
+``message`` is what the client reads; ``detail`` (internal addresses, raw gRPC text) is only
+logged, with the request id. Upstream errors carry a generic message and put the rest in ``detail``.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.message = message
         self.headers: dict[str, str] = {}
+        self.detail = detail
 
 
 class RequestError(GatewayError):
@@ -93,6 +101,16 @@ class Overloaded(GatewayError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.headers["Retry-After"] = str(retry_after_s)
+
+
+class Unauthorized(RequestError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class RateLimited(RequestError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class UpstreamError(GatewayError):

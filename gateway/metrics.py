@@ -8,7 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -96,3 +100,12 @@ class RequestMetrics:
                 route = scope["path"] if scope["path"] in self.known_paths() else "unmatched"
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)
+
+
+def metrics_app(metrics: Metrics) -> Starlette:
+    """A separate app serving only ``GET /metrics`` (``GATEWAY_METRICS_PORT``); anything else is 404."""
+
+    async def prometheus_metrics(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", prometheus_metrics, methods=["GET"])])

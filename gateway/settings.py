@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.vocab import BERT_BASE_UNCASED
@@ -65,6 +65,18 @@ class Settings(BaseSettings):
             past it the request's Triton work is cancelled and the client gets 504 ``upstream_timeout``.
         max_request_timeout_s: longest deadline a client may ask for with ``X-Request-Timeout``
             (larger values are cut to it).
+        api_keys: comma-separated API keys (secret: never logged or shown); with any key set
+            (here or in ``api_keys_file``) every path but ``/healthz`` and ``/readyz`` needs one,
+            as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, else 401.
+        api_keys_file: a file of API keys, one per line, ``#`` comments and blank lines ignored;
+            read once at start-up (a set file without keys is an error, not an open gateway).
+        docs_enabled: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (behind the keys when set).
+        rate_limit_per_s: requests per second refilled into each client's token bucket (0: no
+            limit); a client is its API key when keys are set, else its IP. Empty bucket: 429.
+        rate_limit_burst: bucket capacity: the most requests a client can make at once.
+        rate_limit_max_clients: most buckets tracked; past it the least recently seen is dropped.
+        metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
+            one, whose ``/metrics`` then answers 404; None: on the main port.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -119,3 +131,10 @@ class Settings(BaseSettings):
     qa_chunk_rows: int = 16
     request_timeout_s: float = 30.0
     max_request_timeout_s: float = 60.0
+    api_keys: SecretStr = SecretStr("")
+    api_keys_file: pathlib.Path | None = None
+    docs_enabled: bool = True
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+    rate_limit_max_clients: int = Field(default=10_000, ge=1)
+    metrics_port: int | None = None

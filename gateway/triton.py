@@ -73,11 +73,13 @@ class TritonClient:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
+                # The client reads the generic message; the address and gRPC text are only logged.
                 if status == _UNAVAILABLE:
-                    raise TritonUnavailable(f"Triton at {self.url} is unavailable: {exc.message()}") from exc
+                    detail = f"Triton at {self.url}: {exc.message()}"
+                    raise TritonUnavailable("the inference server is unavailable; retry later", detail) from exc
                 if status == _DEADLINE:
                     raise UpstreamTimeout(f"{what} did not finish before its deadline") from exc
-                raise InferenceFailed(f"{what} failed: {exc.message()}") from exc
+                raise InferenceFailed(f"{what} failed", f"Triton at {self.url}: {exc.message()}") from exc
         raise AssertionError("unreachable")
 
     async def infer(
@@ -123,7 +125,7 @@ class TritonClient:
                 result = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
                 # A restarted Triton has forgotten the regions: register them again, once.
-                if regions is None or shm_output is None or "shared memory" not in exc.message:
+                if regions is None or shm_output is None or "shared memory" not in exc.detail:
                     raise
                 if not await regions.reregister(self._client):
                     raise
