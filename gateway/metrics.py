@@ -54,6 +54,13 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        # Health probes (gateway.health): counted apart from user traffic.
+        self.probes = Counter(
+            "gateway_probes", "Probe inferences by model and result (ok, fail)", ["model", "result"], registry=r
+        )
+        self.probe_latency = Histogram(
+            "gateway_probe_seconds", "Probe inference time", ["model"], registry=r, buckets=_LATENCY_BUCKETS
+        )
 
 
 class RequestMetrics:

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         max_image_pixels: largest accepted decoded image (width x height).
         detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
         classify_resize, classify_crop, classify_top_k: classification pre/post.
+        health_probe_interval_s: pause between rounds of probe inferences (one tiny inference per
+            served model, one model at a time); a model that fails its probe, or a real request
+            with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
+            until it serves again. 0 disables the prober (real requests still count).
+        health_probe_timeout_s: deadline of one probe inference (a slower answer counts as a failure).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -76,3 +81,6 @@ class Settings(BaseSettings):
     classify_resize: int = 256
     classify_crop: int = 224
     classify_top_k: int = 5
+
+    health_probe_interval_s: float = 10.0
+    health_probe_timeout_s: float = 5.0
