@@ -88,7 +88,9 @@ class Prober:
         timeout_s: deadline of one probe.
     """
 
-    def __init__(self, health: ModelHealth, probe: ProbeFn, metrics: Metrics, interval_s: float, timeout_s: float):
+    def __init__(
+        self, health: ModelHealth, probe: ProbeFn, metrics: Metrics, interval_s: float, timeout_s: float
+    ) -> None:
         self.health = health
         self.probe = probe
         self.metrics = metrics
