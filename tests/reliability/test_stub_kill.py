@@ -145,3 +145,22 @@ def test_killed_stub_is_reported_and_healed(
     own_triton.stop()
     LOGGER.info("stop took %.2fs", time.monotonic() - stopping)
     assert own_triton.shm_segments() == []
+
+
+def test_dead_server_is_restarted(own_triton: TritonServer) -> None:
+    supervisor = Supervisor(own_triton, HealConfig(interval_s=0.2, probe_interval_s=0))
+    stop = threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        pid = own_triton.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for("a new tritonserver", lambda: supervisor.restarts == 1 and own_triton.pid not in (None, pid), 120)
+    finally:
+        stop.set()
+        thread.join(timeout=150)
+    assert own_triton.is_ready()
+    assert probe_cli(own_triton.http_url).returncode == 0
+    own_triton.stop()
+    assert own_triton.shm_segments() == []
