@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import pathlib
@@ -238,8 +237,9 @@ class TritonServer:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout else None,
             # A parent started in the background by a shell ignores SIGINT, and children inherit
-            # that; restore the default so stop()'s SIGINT always reaches tritonserver.
-            preexec_fn=_default_sigint,  # noqa: PLW1509
+            # that; restore the default so stop()'s SIGINT always reaches tritonserver. Only then:
+            # a preexec_fn forces a full fork(), unsafe while other threads (gRPC clients) run.
+            preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,  # noqa: PLW1509
         )
         try:
             self.wait_ready(self.config.startup_timeout_s)
@@ -302,26 +302,19 @@ class TritonServer:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.read()  # type: ignore[no-any-return]
 
-    def model_state(self, model: str, timeout_s: float = 5.0) -> str:
-        """The model's state in the repository index (``READY``, ``UNLOADING``, ...; ``UNKNOWN`` if absent)."""
-        index = json.loads(self._repository("index", timeout_s))
-        return next((str(m.get("state", "UNKNOWN")) for m in index if m.get("name") == model), "UNKNOWN")
-
-    def reload_model(self, model: str, timeout_s: float = 120.0, unload_timeout_s: float = 10.0) -> None:
-        """Unload ``model``, then load it again (explicit model control only).
+    def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unload ``model``, then load it again at once (explicit model control only).
 
         A plain ``load`` of an unchanged, loaded model is a no-op in Triton 2.51 (and a load with
         the same config reuses the instances), so a dead stub stays dead; after an unload, the
         load starts fresh instances with new stub processes. The old model object (holding the
-        dead stub) never finishes unloading, which is why :meth:`stop` then waits less.
+        dead stub) never finishes unloading (measured: still ``UNLOADING`` after 10 s), so the
+        load does not wait for it; that lingering object is why :meth:`stop` then waits less.
         """
         try:
             self._repository(f"models/{model}/unload", timeout_s)
-            deadline = time.monotonic() + unload_timeout_s
-            while self.model_state(model) in ("READY", "UNLOADING") and time.monotonic() < deadline:
-                time.sleep(0.1)
             self._repository(f"models/{model}/load", timeout_s)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError) as exc:
             raise TritonServerError(f"reloading {model} failed: {exc}") from exc
 
     def shm_segments(self) -> list[pathlib.Path]:
