@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         rate_limit_max_clients: most buckets tracked; past it the least recently seen is dropped.
         metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
             one, whose ``/metrics`` then answers 404; None: on the main port.
+        health_probe_interval_s: pause between rounds of probe inferences (one tiny inference per
+            served model, one model at a time); a model that fails its probe, or a real request
+            with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
+            until it serves again. 0 disables the prober (real requests still count).
+        health_probe_timeout_s: deadline of one probe inference (a slower answer counts as a failure).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -138,3 +143,5 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=20, ge=1)
     rate_limit_max_clients: int = Field(default=10_000, ge=1)
     metrics_port: int | None = None
+    health_probe_interval_s: float = 10.0
+    health_probe_timeout_s: float = 5.0
