@@ -48,6 +48,8 @@ class TritonServerConfig:
         log_verbose: tritonserver ``--log-verbose`` level.
         log_file: where the server's stdout/stderr go; inherited from this process when None.
         extra_args: further command-line arguments passed to tritonserver verbatim.
+        env: extra environment variables of the server (and its Python-backend stubs), e.g.
+            ``{"MM_ALLOW_NULL_ENGINE": "1"}`` for a benchmark's null engines.
     """
 
     model_repository: pathlib.Path
@@ -61,6 +63,7 @@ class TritonServerConfig:
     log_verbose: int = 0
     log_file: pathlib.Path | None = None
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _pytriton_root() -> pathlib.Path:
@@ -153,6 +156,7 @@ class TritonServer:
         env = dict(os.environ)
         bin_dir = str(pathlib.Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        env.update(self.config.env)
         return env
 
     def start(self) -> None:

@@ -100,9 +100,9 @@ def test_concurrent_first_requests_share_one_pool_and_leak_nothing(settings: Set
     import numpy as np
 
     from gateway.metrics import Metrics
+    from gateway.processing.images import letterbox
     from gateway.services import Services
     from gateway.tasks.detect import DetectFeatures
-    from gateway.processing.images import letterbox
 
     before = set(_regions(triton))
     enabled = settings.model_copy(update={"triton_shared_memory": True, "triton_shared_memory_regions": 4})
