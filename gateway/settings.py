@@ -77,6 +77,8 @@ class Settings(BaseSettings):
         rate_limit_max_clients: most buckets tracked; past it the least recently seen is dropped.
         metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
             one, whose ``/metrics`` then answers 404; None: on the main port.
+        workers: gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port;
+            metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -138,3 +140,5 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=20, ge=1)
     rate_limit_max_clients: int = Field(default=10_000, ge=1)
     metrics_port: int | None = None
+
+    workers: int = Field(default=1, ge=1)
