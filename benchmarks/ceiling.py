@@ -290,7 +290,35 @@ def markdown(rows: list[Row], note: str) -> str:
         cells += [str(r.errors), _fmt(r.requests_per_s, 1), _fmt(r.p50_ms, 1), _fmt(r.p95_ms, 1), _fmt(r.p99_ms, 1)]
         cells += [_fmt(r.cpu_ms.get(t)) for t in _TIERS] + [_fmt(r.ceiling_per_core, 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    return note + "\n\n" + "\n".join(lines) + "\n"
+    summary = workers_summary(rows)
+    return note + "\n\n" + "\n".join(lines) + "\n" + (f"\nGateway workers:\n\n{summary}\n" if summary else "")
+
+
+def workers_summary(rows: list[Row]) -> str:
+    """Per endpoint and engine: gateway CPU per request with 1 and N workers, the ceiling it implies
+    (N workers on N free cores: N x 1000 / CPU ms per request) and the measured req/s ratio."""
+    lines = []
+    gateway = [r for r in rows if r.path == "gateway" and r.cpu_ms.get("gateway")]
+    for endpoint, engine in dict.fromkeys((r.endpoint, r.engine) for r in gateway):
+        mine = [r for r in gateway if (r.endpoint, r.engine) == (endpoint, engine)]
+        top = max(r.concurrency for r in mine)
+        by_workers = {r.workers: r for r in mine if r.concurrency == top}
+        if 1 not in by_workers or len(by_workers) < 2:
+            continue
+        one = by_workers[1]
+        for n, many in sorted(by_workers.items()):
+            if n == 1 or n is None:
+                continue
+            cpu1, cpun = one.cpu_ms["gateway"] or 0.0, many.cpu_ms["gateway"] or 0.0
+            lines.append(
+                f"- {engine} `/{endpoint}`, concurrency {top}: gateway CPU {cpu1:.2f} ms/req with 1 worker, "
+                f"{cpun:.2f} with {n}; CPU-derived ceiling {1000 / cpu1:.0f} req/s (1 core) vs "
+                f"{n * 1000 / cpun:.0f} req/s ({n} cores) = **{n * cpu1 / cpun:.2f}x**; measured here "
+                f"{one.requests_per_s:.1f} vs {many.requests_per_s:.1f} req/s "
+                f"= {many.requests_per_s / one.requests_per_s:.2f}x "
+                "(load generator, Triton and other users on the same 2 cores)"
+            )
+    return "\n".join(lines)
 
 
 def plot(rows: list[Row], path: pathlib.Path) -> None:
@@ -342,10 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, default=28000)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--note", default="", help="a line printed above the table (machine, load)")
+    parser.add_argument("--render", type=pathlib.Path, help="only redraw table and plot from this ceiling.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[Row] = []
+    if args.render:
+        data = json.loads(args.render.read_text())
+        data = data if isinstance(data, dict) else {"note": "", "rows": data}
+        fields = {f.name for f in dataclasses.fields(Row)}
+        rows = [Row(**{k: v for k, v in d.items() if k in fields}) for d in data["rows"]]
+        _write(rows, args.note or data["note"], args.out)
+        return 0
+    rows = []
     with tempfile.TemporaryDirectory(prefix="ceiling-") as tmp:
         work = pathlib.Path(tmp)
         for kind in args.engines:
@@ -377,12 +413,16 @@ def main(argv: list[str] | None = None) -> int:
             rows += _bare_rows(kind, repo, args.endpoints, args.concurrency, args.bare_iterations)
     rows.sort(key=lambda r: (r.endpoint, r.engine, ["gateway", "triton", "bare"].index(r.path), r.workers or 0))
     note = args.note or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs"
-    (args.out / "ceiling.md").write_text(markdown(rows, note))
     records = [{**dataclasses.asdict(r), "ceiling_per_core": r.ceiling_per_core} for r in rows]
-    (args.out / "ceiling.json").write_text(json.dumps(records, indent=2) + "\n")
-    plot(rows, args.out / "ceiling.png")
-    sys.stdout.write(markdown(rows, note))
+    (args.out / "ceiling.json").write_text(json.dumps({"note": note, "rows": records}, indent=2) + "\n")
+    _write(rows, note, args.out)
     return 0
+
+
+def _write(rows: list[Row], note: str, out: pathlib.Path) -> None:
+    (out / "ceiling.md").write_text(markdown(rows, note))
+    plot(rows, out / "ceiling.png")
+    sys.stdout.write(markdown(rows, note))
 
 
 if __name__ == "__main__":
