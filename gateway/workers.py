@@ -85,9 +85,7 @@ def serve_workers(settings: Settings) -> None:
             start_http_server(settings.metrics_port, settings.host, registry=scrape_registry(CollectorRegistry()))
         # The same protocol and limits as one process (gateway.server); per-process limits
         # (max_inflight, max_body_reads, max_buffered_body_bytes) apply to each worker.
-        uvicorn.run(
-            "gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings)
-        )
+        uvicorn.run("gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings))
     finally:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
