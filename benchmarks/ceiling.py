@@ -177,6 +177,7 @@ def _triton(repo: pathlib.Path, null: bool, port_base: int, log: pathlib.Path) -
 
 @contextlib.contextmanager
 def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log: pathlib.Path) -> Iterator[Any]:
+    metrics_dir = log.parent / f"prometheus-{port}"  # emptied by the gateway at start
     env = {
         **os.environ,
         "GATEWAY_PORT": str(port),
@@ -186,7 +187,10 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_LOG_LEVEL": "warning",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # a fresh one per run
+    if workers > 1:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    else:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
@@ -201,9 +205,13 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gateway not ready after 120 s; see {log}")
             time.sleep(0.5)
-        # Wait until every worker is up (each one's app is built in its own process).
-        while len(_children(process.pid)) < (workers if workers > 1 else 0):
-            time.sleep(0.2)
+        # Wait until every worker has answered (each builds its app in its own process; the
+        # first may answer long before the last is up): new connections, one worker's file each.
+        while workers > 1 and len(list(metrics_dir.glob("counter_*.db"))) < workers:
+            if time.monotonic() > deadline + 120:
+                raise RuntimeError(f"not all {workers} gateway workers answered; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=5)
         yield process, url
     finally:
         process.send_signal(signal.SIGINT)
