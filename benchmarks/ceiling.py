@@ -341,14 +341,14 @@ def plot(rows: list[Row], path: pathlib.Path) -> None:
         series: dict[tuple[str, str], list[Row]] = {}
         for r in rows:
             if r.endpoint == endpoint:
-                path = r.path + (f" x{r.workers}" if r.workers else "")
-                series.setdefault((r.engine, path), []).append(r)
-        colours = {path: f"C{i}" for i, path in enumerate(dict.fromkeys(path for _, path in series))}
-        for (engine, path), points in series.items():
+                route = r.path + (f" x{r.workers}" if r.workers else "")
+                series.setdefault((r.engine, route), []).append(r)
+        colours = {route: f"C{i}" for i, route in enumerate(dict.fromkeys(route for _, route in series))}
+        for (engine, route), points in series.items():
             points.sort(key=lambda r: r.concurrency)
             x, y = [p.concurrency for p in points], [p.requests_per_s for p in points]
             style = "--" if engine == "null" else "-"
-            ax.plot(x, y, style, marker="o", color=colours[path], label=f"{engine} {path}")
+            ax.plot(x, y, style, marker="o", color=colours[route], label=f"{engine} {route}")
         ax.set_xticks(sorted({r.concurrency for r in rows}))
         ax.set_title(endpoint)
         ax.set_xlabel("concurrency (bare: batch size)")
@@ -419,7 +419,6 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(_served_row(kind, "triton", None, endpoint, c, r))
                         LOGGER.info("%s", rows[-1])
             rows += _bare_rows(kind, repo, args.endpoints, args.concurrency, args.bare_iterations)
-    rows.sort(key=lambda r: (r.endpoint, r.engine, ["gateway", "triton", "bare"].index(r.path), r.workers or 0))
     note = args.note or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs"
     records = [{**dataclasses.asdict(r), "ceiling_per_core": r.ceiling_per_core} for r in rows]
     (args.out / "ceiling.json").write_text(json.dumps({"note": note, "rows": records}, indent=2) + "\n")
@@ -428,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(rows: list[Row], note: str, out: pathlib.Path) -> None:
+    order = (["qa", "detect", "classify", "classify_lite"], ["real", "null"], ["gateway", "triton", "bare"])
+    rows = sorted(
+        rows,
+        key=lambda r: (order[0].index(r.endpoint), order[1].index(r.engine), order[2].index(r.path), r.workers or 0),
+    )
     (out / "ceiling.md").write_text(markdown(rows, note))
     plot(rows, out / "ceiling.png")
     sys.stdout.write(markdown(rows, note))
