@@ -78,7 +78,9 @@ class Settings(BaseSettings):
         metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
             one, whose ``/metrics`` then answers 404; None: on the main port.
         workers: gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port;
-            metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process.
+            metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
+            per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
+            to each worker.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
