@@ -1,4 +1,7 @@
-"""``python -m gateway``: serve the gateway with uvicorn, configured from ``GATEWAY_*``."""
+"""``python -m gateway``: serve the gateway with uvicorn, configured from ``GATEWAY_*``.
+
+``GATEWAY_WORKERS=N`` (N > 1) serves N worker processes instead (see :mod:`gateway.workers`).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ async def serve_with_metrics_port(app: FastAPI, settings: Settings, metrics_port
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from gateway.workers import serve_workers
+
+        serve_workers(settings)
+        return
     app = create_app(settings)
     if settings.metrics_port is None:
         uvicorn.run(app, **uvicorn_options(settings))

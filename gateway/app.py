@@ -26,6 +26,7 @@ from gateway.routes import classify, detect, health, qa
 from gateway.server_errors import ServerErrors
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.workers import scrape_registry
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         @app.get("/metrics", include_in_schema=False)
         async def prometheus_metrics() -> Response:
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(generate_latest(scrape_registry(metrics.registry)), media_type=CONTENT_TYPE_LATEST)
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)

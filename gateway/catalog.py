@@ -17,7 +17,8 @@ class ModelInfo(BaseModel):
     """Provenance of a served model.
 
     ``weights`` is ``untrained`` (deterministic random init: outputs are not meaningful),
-    ``checkpoint``, ``pretrained``, or ``unknown`` when the gateway cannot read the manifest.
+    ``checkpoint``, ``pretrained``, ``none`` (a benchmark-only null engine, ``engine_format`` None:
+    answers are zeros), or ``unknown`` when the gateway cannot read the manifest.
     """
 
     name: str
@@ -40,6 +41,8 @@ def read_model_info(repository: pathlib.Path | None, name: str, task: str) -> Mo
             path = version / MANIFEST_NAME
             if path.exists():
                 data = json.loads(path.read_text())
+                if "engine_format" in data and data["engine_format"] is None:
+                    LOGGER.warning("%s: NULL ENGINE (benchmark only): Triton answers zeros, not model results", name)
                 return ModelInfo(
                     name=name,
                     task=task,

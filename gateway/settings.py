@@ -82,6 +82,10 @@ class Settings(BaseSettings):
             with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
             until it serves again. 0 disables the prober (real requests still count).
         health_probe_timeout_s: deadline of one probe inference (a slower answer counts as a failure).
+        workers: gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port;
+            metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
+            per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
+            to each worker.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -145,3 +149,5 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     health_probe_interval_s: float = 10.0
     health_probe_timeout_s: float = 5.0
+
+    workers: int = Field(default=1, ge=1)

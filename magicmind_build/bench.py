@@ -43,10 +43,12 @@ def load_bare_engine(version_dir: pathlib.Path) -> tuple[Engine, Manifest]:
     """The engine built in ``version_dir``, set up to have the machine to itself.
 
     ONNX Runtime's idle threads may spin here (Triton's models turn that off, as they share the CPU).
+    A null-engine manifest gives the benchmark-only :class:`~magicmind_build.engine.NullEngine`.
     """
     manifest = Manifest.read(version_dir)
     path = version_dir / manifest.engine_file
-    engine = load_engine(path, spin=True) if path.suffix == ".onnx" else load_engine(path)
+    spin = manifest.engine_format is not None and path.suffix == ".onnx"
+    engine = load_engine(path, manifest, spin=True) if spin else load_engine(path, manifest)
     return engine, manifest
 
 

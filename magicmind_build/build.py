@@ -155,3 +155,39 @@ def build_engine(
     )
     manifest.write(out_dir)
     return manifest
+
+
+def build_null_manifest(spec: ModelSpec, out_dir: pathlib.Path, size: str = "full") -> Manifest:
+    """BENCHMARK ONLY: write a null-engine manifest for ``spec`` into ``out_dir`` (no engine file).
+
+    Input and output names, shapes and dtypes are the real model's (one forward pass of the
+    untrained module at batch 1); Triton serves it as a :class:`~magicmind_build.engine.NullEngine`
+    that answers zeros, and only when it runs with ``MM_ALLOW_NULL_ENGINE=1``.
+    """
+    cfg = spec.configs[size]
+    module = spec.factory(cfg).eval()
+    example = spec.example_inputs(cfg)
+    with torch.no_grad():
+        outputs = module(*example)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    manifest = Manifest(
+        model=spec.name,
+        task=spec.task,
+        architecture=spec.architecture,
+        config={"size": size, **dataclasses.asdict(cfg)},
+        weights="none",
+        weights_source="null engine: zero outputs, benchmark only",
+        weights_sha256="",
+        engine_file="",
+        engine_format=None,
+        precision="none",
+        engine_sha256="",
+        inputs=_spec_dict(spec.input_names, example),
+        outputs=_spec_dict(spec.output_names, outputs),
+        built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        builder={"torch": torch.__version__, "null_engine": "true"},
+    )
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest.write(out_dir)
+    return manifest

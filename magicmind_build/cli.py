@@ -2,6 +2,9 @@
 
 Writes each engine into ``<repo>/<model>/1/`` (``model.onnx`` + ``manifest.json``), which is
 where the Triton model of the same name loads it from.
+
+``--null-engine`` (benchmarks only) writes manifests with ``engine_format: null`` instead: Triton,
+run with ``MM_ALLOW_NULL_ENGINE=1``, then answers zeros of the real shapes at no engine cost.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import pathlib
 import sys
 
-from magicmind_build.build import CheckpointError, build_engine
+from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
 from magicmind_build.manifest import Manifest
 from magicmind_build.specs import SIZES, SPECS
 
@@ -36,7 +39,8 @@ def _up_to_date(out_dir: pathlib.Path, size: str, checkpoint: pathlib.Path | Non
         return False
     wanted_source = str(checkpoint) if checkpoint else None
     return (
-        (out_dir / manifest.engine_file).exists()
+        manifest.engine_format is not None
+        and (out_dir / manifest.engine_file).exists()
         and manifest.config.get("size") == size
         and ((wanted_source is None and manifest.weights != "checkpoint") or manifest.weights_source == wanted_source)
     )
@@ -52,8 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH")
     parser.add_argument("--seed", type=int, default=0, help="seed for untrained (random) weights")
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
+    parser.add_argument(
+        "--null-engine",
+        action="store_true",
+        help="BENCHMARK ONLY: write null-engine manifests (zero outputs; Triton needs MM_ALLOW_NULL_ENGINE=1)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.null_engine:
+        if args.checkpoint:
+            raise SystemExit("--null-engine has no weights; drop --checkpoint")
+        for name in args.models:
+            manifest = build_null_manifest(SPECS[name], args.repo / name / "1", args.size)
+            LOGGER.warning("%s: NULL ENGINE manifest (benchmark only) %s", name, json.dumps(manifest.outputs))
+        return 0
     checkpoints = _checkpoints(args.checkpoint)
     for name in args.models:
         out_dir = args.repo / name / "1"

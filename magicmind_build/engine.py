@@ -3,7 +3,8 @@
 Used by the Triton models and by the bare-engine measurements; needs NumPy and the runtime only.
 
 Engine artifacts live in a directory next to a ``manifest.json`` written by the builder
-(see :mod:`magicmind_build.manifest`).
+(see :mod:`magicmind_build.manifest`). A manifest with ``engine_format: null`` describes a
+benchmark-only :class:`NullEngine`, refused unless ``MM_ALLOW_NULL_ENGINE=1``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from magicmind_build.manifest import Manifest
+
 LOGGER = logging.getLogger(__name__)
+
+NULL_ENGINE_ENV = "MM_ALLOW_NULL_ENGINE"
 
 
 class EngineError(RuntimeError):
@@ -165,8 +171,57 @@ class MagicMindEngine(Engine):
         return {spec.name: out.asnumpy() for spec, out in zip(self.outputs, outputs)}
 
 
-def load_engine(path: pathlib.Path, **kwargs: object) -> Engine:
-    """Load an engine file by its suffix: ``.mm`` -> MagicMind, ``.onnx`` -> ONNX Runtime."""
+class NullEngine(Engine):
+    """BENCHMARK ONLY: answers every batch with zeros of the real output names, shapes and dtypes,
+    at (almost) no cost, so that a benchmark measures what serving costs around an engine as fast
+    as an accelerator's. Never a model result: its manifest says ``engine_format: null``,
+    ``precision: "none"`` and ``weights: "none"``, and the gateway reports exactly that.
+
+    Refused unless the process runs with ``MM_ALLOW_NULL_ENGINE=1``.
+
+    Args:
+        inputs: the real engine's inputs (batch dimension -1).
+        outputs: the real engine's outputs (batch dimension -1).
+    """
+
+    def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        if os.environ.get(NULL_ENGINE_ENV) != "1":
+            raise EngineError(
+                f"refusing a null engine (benchmark only, outputs are zeros); set {NULL_ENGINE_ENV}=1 to allow it"
+            )
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self._zeros: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> NullEngine:
+        def specs(tensors: Mapping[str, Mapping[str, Any]]) -> list[TensorSpec]:
+            return [TensorSpec(name, str(t["dtype"]), tuple(int(d) for d in t["shape"])) for name, t in tensors.items()]
+
+        return cls(specs(manifest.inputs), specs(manifest.outputs))
+
+    @property
+    def description(self) -> str:
+        return "NULL ENGINE (zero outputs, benchmark only)"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        result = {}
+        for spec in self.outputs:
+            zeros = self._zeros.get(spec.name)
+            if zeros is None or len(zeros) < rows:  # grown once to the largest batch seen, then sliced
+                zeros = self._zeros[spec.name] = np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype)
+                zeros.flags.writeable = False
+            result[spec.name] = zeros[:rows]
+        return result
+
+
+def load_engine(path: pathlib.Path, manifest: Manifest | None = None, **kwargs: object) -> Engine:
+    """Load an engine: a :class:`NullEngine` when ``manifest`` says ``engine_format: null``, else the
+    file by its suffix: ``.mm`` -> MagicMind, ``.onnx`` -> ONNX Runtime (``kwargs`` go to that engine)."""
+    if manifest is not None and manifest.engine_format is None:
+        LOGGER.warning("%s: NULL ENGINE (benchmark only): outputs are zeros", manifest.model)
+        return NullEngine.from_manifest(manifest)
     path = pathlib.Path(path)
     if not path.exists():
         raise EngineError(f"engine file {path} does not exist; build it with `python -m magicmind_build`")

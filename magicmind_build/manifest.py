@@ -12,7 +12,7 @@ import pathlib
 from typing import Any, Literal
 
 MANIFEST_NAME = "manifest.json"
-WeightsKind = Literal["untrained", "checkpoint", "pretrained"]
+WeightsKind = Literal["untrained", "checkpoint", "pretrained", "none"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,12 +24,14 @@ class Manifest:
         task: ``qa``, ``detect`` or ``classify``.
         architecture: e.g. ``bert``, ``yolov5``.
         config: the architecture's hyper-parameters.
-        weights: ``untrained`` (deterministic random init), ``checkpoint`` (user-supplied) or ``pretrained``.
+        weights: ``untrained`` (deterministic random init), ``checkpoint`` (user-supplied), ``pretrained``,
+            or ``none`` (a null engine: no weights at all).
         weights_source: where the weights came from (a path, a package, or the random seed).
         weights_sha256: digest of the weights file, empty for random init.
         engine_file: engine file name, relative to the manifest.
-        engine_format: ``onnx`` or ``magicmind``.
-        precision: ``fp32``, ``fp16`` or ``int8``.
+        engine_format: ``onnx`` or ``magicmind``; None for a benchmark-only null engine (no engine
+            file; zero outputs of the real names, shapes and dtypes; see :class:`~magicmind_build.engine.NullEngine`).
+        precision: ``fp32``, ``fp16`` or ``int8``; ``none`` for a null engine.
         engine_sha256: digest of the engine file.
         inputs: ``{name: {"dtype": ..., "shape": [...]}}`` with -1 for the batch dimension.
         outputs: same for outputs.
@@ -45,7 +47,7 @@ class Manifest:
     weights_source: str
     weights_sha256: str
     engine_file: str
-    engine_format: str
+    engine_format: str | None
     precision: str
     engine_sha256: str
     inputs: dict[str, dict[str, Any]]
@@ -55,7 +57,12 @@ class Manifest:
 
     @property
     def trained(self) -> bool:
-        return self.weights != "untrained"
+        return self.weights in ("checkpoint", "pretrained")
+
+    @property
+    def null(self) -> bool:
+        """A benchmark-only null engine: outputs are zeros, never a model result."""
+        return self.engine_format is None
 
     def write(self, directory: pathlib.Path) -> pathlib.Path:
         path = pathlib.Path(directory) / MANIFEST_NAME

@@ -6,6 +6,11 @@ request; a bad request gets its own ``TritonError`` and never affects the others
 its client has cancelled (gRPC cancellation or deadline) is answered with a ``CANCELLED``
 error and never reaches the engine.
 
+Each model exports, through Triton's metrics endpoint, the time its engine calls took:
+``mm_engine_cpu_us`` (CPU time of the stub process during engine calls: ONNX Runtime's threads
+included) and ``mm_engine_wall_us``, both counters labelled ``model``. Benchmarks subtract them
+from the stub's CPU time to get what serving costs around the engine.
+
 Importable only inside Triton's Python backend (it needs ``triton_python_backend_utils``).
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +36,25 @@ LOGGER = logging.getLogger(__name__)
 def _parameter(config: Mapping[str, Any], key: str, default: str = "") -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value", "")
     return value or default
+
+
+class _EngineCounters:
+    """Triton custom metrics (Python backend >= 23.05): engine CPU and wall microseconds per model.
+
+    Holds the metric families too: Triton refuses a metric whose family was garbage-collected.
+    """
+
+    def __init__(self, model: str) -> None:
+        family = pb_utils.MetricFamily
+        self.families = (
+            family(name="mm_engine_cpu_us", description="CPU us of the stub during engine calls", kind=family.COUNTER),
+            family(name="mm_engine_wall_us", description="Wall-clock us of engine calls", kind=family.COUNTER),
+        )
+        self.cpu, self.wall = (f.Metric(labels={"model": model}) for f in self.families)
+
+    def add(self, cpu_s: float, wall_s: float) -> None:
+        self.cpu.increment(cpu_s * 1e6)
+        self.wall.increment(wall_s * 1e6)
 
 
 class EngineModel:
@@ -52,7 +77,9 @@ class EngineModel:
             kwargs["spin"] = _parameter(self.model_config, "allow_spinning", "false").lower() == "true"
             # With instance_group KIND_GPU each instance runs on its own device.
             kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)
-        self.engine = load_engine(version_dir / engine_file, **kwargs)
+        self.engine = load_engine(version_dir / engine_file, self.manifest, **kwargs)
+        has_metrics = hasattr(pb_utils, "MetricFamily")
+        self._counters = _EngineCounters(args["model_name"]) if has_metrics else None
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.output_names = [o["name"] for o in self.model_config["output"]]
         pb_utils.Logger.log_info(
@@ -86,6 +113,7 @@ class EngineModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
         if valid:
             batch, sizes = concat_requests(feeds, self.input_names)
+            cpu, wall = time.process_time(), time.perf_counter()
             try:
                 outputs = self.engine.run(batch)
             except EngineError as exc:
@@ -94,6 +122,9 @@ class EngineModel:
                 for i in valid:
                     responses[i] = pb_utils.InferenceResponse(error=error)
                 return responses
+            finally:
+                if self._counters is not None:
+                    self._counters.add(time.process_time() - cpu, time.perf_counter() - wall)
             for i, parts in zip(valid, split_outputs(outputs, self.output_names, sizes)):
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor(name, parts[name]) for name in self.output_names]
@@ -102,3 +133,4 @@ class EngineModel:
 
     def finalize(self) -> None:
         self.engine = None  # type: ignore[assignment]
+        self._counters = None  # metrics, then their families

@@ -59,6 +59,8 @@ class TritonServerConfig:
             when a model's stub process is dead: tritonserver then waits out its whole exit
             timeout (30 s) for that model, so it is killed sooner.
         shm_prefix: Python-backend shared-memory prefix; a unique one per server when None.
+        env: extra environment variables of the server (and its Python-backend stubs), e.g.
+            ``{"MM_ALLOW_NULL_ENGINE": "1"}`` for a benchmark's null engines.
     """
 
     model_repository: pathlib.Path
@@ -75,6 +77,7 @@ class TritonServerConfig:
     model_control_mode: str = "explicit"
     dead_stub_shutdown_timeout_s: float = 5.0
     shm_prefix: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _pytriton_root() -> pathlib.Path:
@@ -219,6 +222,7 @@ class TritonServer:
         env = dict(os.environ)
         bin_dir = str(pathlib.Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+        env.update(self.config.env)
         return env
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -52,7 +53,10 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         super().__init__("detect", model, client, metrics)
         self.settings = settings
         self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
+        # The task is the one owner of its shared-memory pool; the lock makes concurrent first
+        # requests share one pool instead of each creating (and one leaking) its own.
         self._regions: OutputRegions | None = None
+        self._regions_lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def admitted(self, request: DetectQuery) -> AsyncIterator[None]:
@@ -74,13 +78,17 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         if not self.settings.triton_shared_memory:
             return None
         if self._regions is None:
-            nbytes = await self.client.output_nbytes(self.model.name, OUTPUT)
-            self._regions = OutputRegions(OUTPUT, nbytes, self.settings.triton_shared_memory_regions)
+            async with self._regions_lock:
+                if self._regions is None:  # another request may have created it while we waited
+                    nbytes = await self.client.output_nbytes(self.model.name, OUTPUT)
+                    self._regions = OutputRegions(OUTPUT, nbytes, self.settings.triton_shared_memory_regions)
         return self._regions
 
     async def close(self) -> None:
-        if self._regions is not None:
-            await self.client.close_regions(self._regions)
+        async with self._regions_lock:
+            regions, self._regions = self._regions, None
+            if regions is not None:
+                await self.client.close_regions(regions)
 
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]

@@ -88,3 +88,41 @@ def test_shared_memory_with_triton_down_is_503(model_repo, astronaut_png: bytes)
         response = down.post("/detect", files={"file": ("a.png", astronaut_png, "image/png")})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "triton_unavailable"
+
+
+def test_concurrent_first_requests_share_one_pool_and_leak_nothing(settings: Settings, triton: TritonServer) -> None:
+    """Two first /detect inferences racing: one pool (one region-name prefix), and after shutdown
+    nothing of it is left registered in Triton or in /dev/shm."""
+    import asyncio
+    import os
+    import pathlib
+
+    import numpy as np
+
+    from gateway.metrics import Metrics
+    from gateway.processing.images import letterbox
+    from gateway.services import Services
+    from gateway.tasks.detect import DetectFeatures
+
+    before = set(_regions(triton))
+    enabled = settings.model_copy(update={"triton_shared_memory": True, "triton_shared_memory_regions": 4})
+    canvas, box = letterbox(np.zeros((64, 64, 3), np.uint8), enabled.detect_img_size)
+    features = DetectFeatures(canvas[None], box)
+    ours = f"gw-{os.getpid()}-"
+
+    async def run() -> set[str]:
+        services = Services.create(enabled, Metrics())
+        try:
+            # Both coroutines reach the pool before either has it: the race of two first requests.
+            first, second = await asyncio.gather(services.detect.infer(features), services.detect.infer(features))
+            assert first["output0"].shape == second["output0"].shape
+            return set(_regions(triton)) - before
+        finally:
+            await services.close()
+
+    during = asyncio.run(run())
+    prefixes = {name.rsplit("-", 1)[0] for name in during}
+    assert len(prefixes) == 1, during  # exactly one pool
+    assert set(_regions(triton)) == before
+    assert during and all(name.startswith(ours) for name in during)
+    assert not [name for name in during if pathlib.Path("/dev/shm", name).exists()]

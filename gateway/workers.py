@@ -1,0 +1,93 @@
+"""Several gateway worker processes on one port (``GATEWAY_WORKERS=N``), one ``/metrics`` for all.
+
+One gateway process is one Python interpreter: its pre- and post-processing (JPEG decode, resize,
+NMS, tokenisation) use one core at a time. ``serve_workers`` runs N uvicorn workers that share
+the listening socket; each builds its own :class:`~gateway.settings.Settings` and app
+(:func:`app_factory`), so each owns its gRPC channel to Triton and its own shared-memory regions
+(named ``gw-<pid>-...``, removed when the worker shuts down).
+
+Metrics: prometheus_client's multiprocess mode. Every worker writes its samples to files in
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` (any worker) aggregates all of them with a
+``MultiProcessCollector``, so one scrape counts every worker's requests. The directory is made
+fresh for each run (a temporary one unless set), emptied at start and at exit. Counters and
+histograms need nothing more; a gauge added later needs a ``multiprocess_mode`` (e.g. ``livesum``).
+With ``GATEWAY_METRICS_PORT`` the supervising parent serves the aggregate on that port instead
+(prometheus_client's own HTTP server: every path answers the metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.server import uvicorn_options
+from gateway.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+
+def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """What ``/metrics`` exposes: ``own`` (one process), or every worker's samples aggregated from
+    ``PROMETHEUS_MULTIPROC_DIR`` when it is set (multiprocess mode)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return own
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def app_factory() -> FastAPI:
+    """The app of one worker process, with settings read in that process (uvicorn ``factory=True``)."""
+    from gateway.app import create_app  # gateway.app imports this module for scrape_registry
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format=_LOG_FORMAT)
+    LOGGER.info("worker %d starting", os.getpid())
+    return create_app(settings)
+
+
+def _fresh_multiproc_dir() -> tuple[pathlib.Path, bool]:
+    """The multiprocess-metrics directory, emptied; True when this run created it (and removes it)."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = pathlib.Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        _clear(directory)
+        return directory, False
+    return pathlib.Path(tempfile.mkdtemp(prefix="gateway-metrics-")), True
+
+
+def _clear(directory: pathlib.Path) -> None:
+    for path in directory.glob("*.db"):  # stale samples of an earlier run would be added to this one's
+        path.unlink(missing_ok=True)
+
+
+def serve_workers(settings: Settings) -> None:
+    """Serve ``settings.workers`` worker processes on ``settings.host:settings.port`` until stopped."""
+    directory, created = _fresh_multiproc_dir()
+    # Before any worker starts (spawned: each imports prometheus_client afresh and sees it).
+    os.environ[MULTIPROC_ENV] = str(directory)
+    LOGGER.info("starting %d gateway workers; metrics aggregated in %s", settings.workers, directory)
+    try:
+        if settings.metrics_port is not None:  # the workers' apps then have no /metrics route
+            start_http_server(settings.metrics_port, settings.host, registry=scrape_registry(CollectorRegistry()))
+        # The same protocol and limits as one process (gateway.server); per-process limits
+        # (max_inflight, max_body_reads, max_buffered_body_bytes) apply to each worker.
+        uvicorn.run("gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings))
+    finally:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            _clear(directory)

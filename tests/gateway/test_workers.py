@@ -1,0 +1,147 @@
+"""``GATEWAY_WORKERS=2``: two real worker processes behind one port, one scrape counts both, and
+each worker's shared-memory regions are its own and gone after shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import tritonclient.grpc as grpcclient
+from prometheus_client.mmap_dict import MmapedDict
+
+from tests.conftest import ROOT, free_port
+from triton_local import TritonServer
+
+ROUTE = "/classify"
+
+
+def _regions(triton: TritonServer) -> set[str]:
+    status = grpcclient.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(as_json=True)
+    return set(status.get("regions", {}))
+
+
+def _answered_by_pid(directory: pathlib.Path, route: str) -> dict[int, float]:
+    """Each worker's own count of 200s on ``route``, read from its multiprocess file."""
+    counts: dict[int, float] = defaultdict(float)
+    for path in directory.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[-1])
+        db = MmapedDict(str(path), read_mode=True)
+        try:
+            for key, value, _ in db.read_all_values():
+                _name, sample, labels, _help = json.loads(key)
+                if sample == "gateway_requests_total" and labels == {"route": route, "status": "200"}:
+                    counts[pid] += value
+        finally:
+            db.close()
+    return dict(counts)
+
+
+@pytest.fixture
+def two_workers(
+    triton: TritonServer, model_repo: pathlib.Path, tmp_path: pathlib.Path
+) -> Iterator[tuple[str, pathlib.Path, subprocess.Popen[bytes]]]:
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    # A stale sample of an earlier run: the gateway must clear it, or the count below is off by 1000.
+    stale = "from prometheus_client import Counter; Counter('gateway_requests', '', ['route', 'status'])"
+    stale += f".labels({ROUTE!r}, '200').inc(1000)"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    subprocess.run([sys.executable, "-c", stale], env=env, check=True)
+    assert list(metrics_dir.glob("counter_*.db"))
+
+    port = free_port()
+    env.update(
+        GATEWAY_WORKERS="2",
+        GATEWAY_PORT=str(port),
+        GATEWAY_TRITON_URL=triton.grpc_url,
+        GATEWAY_MODEL_REPOSITORY=str(model_repo),
+        GATEWAY_TRITON_SHARED_MEMORY="true",
+        GATEWAY_LOG_LEVEL="warning",
+    )
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # spawned workers import everything afresh: slow on a busy host
+        while True:
+            assert process.poll() is None, (tmp_path / "gateway.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway workers did not start"
+            time.sleep(0.3)
+        yield url, metrics_dir, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+def test_two_workers_one_scrape_counts_every_request(
+    two_workers: tuple[str, pathlib.Path, subprocess.Popen[bytes]],
+    triton: TritonServer,
+    chelsea_jpeg: bytes,
+    astronaut_png: bytes,
+) -> None:
+    url, metrics_dir, process = two_workers
+    before = _regions(triton)
+
+    def classify(_: int) -> int:
+        # A new connection per request, so the kernel hands requests to both workers.
+        headers = {"Connection": "close"}
+        files = {"file": ("c.jpg", chelsea_jpeg, "image/jpeg")}
+        return httpx.post(f"{url}{ROUTE}", files=files, headers=headers, timeout=60).status_code
+
+    def detect(_: int) -> int:
+        files = {"file": ("a.png", astronaut_png, "image/png")}
+        return httpx.post(f"{url}/detect", files=files, headers={"Connection": "close"}, timeout=60).status_code
+
+    sent = 0
+    deadline = time.monotonic() + 180
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        # Until both workers have answered: the kernel picks who accepts, and the second worker
+        # may still be starting when the first answers /readyz.
+        while time.monotonic() < deadline:
+            assert set(pool.map(classify, range(6))) == {200}
+            assert set(pool.map(detect, range(2))) == {200}
+            sent += 6
+            if len(_answered_by_pid(metrics_dir, ROUTE)) == 2 and len(_regions(triton) - before) >= 2:
+                break
+    per_worker = _answered_by_pid(metrics_dir, ROUTE)
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text  # one scrape, whichever worker answers it
+    counted = re.search(rf'^gateway_requests_total{{route="{ROUTE}",status="200"}} (\S+)$', text, re.M)
+    assert counted is not None, text
+    assert float(counted.group(1)) == sent
+    latency = re.search(rf'^gateway_request_seconds_count{{route="{ROUTE}"}} (\S+)$', text, re.M)
+    assert latency is not None and float(latency.group(1)) == sent
+
+    # Each worker registered its own regions, named after its PID.
+    mine = _regions(triton) - before
+    owners = {int(name.split("-")[1]) for name in mine}
+    assert owners == set(per_worker), (mine, per_worker)
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+    assert _regions(triton) == before
+    assert not [name for name in mine if pathlib.Path("/dev/shm", name).exists()]
+    assert not list(metrics_dir.glob("*.db"))  # cleaned at exit
