@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--repo", type=pathlib.Path, default=pathlib.Path("triton_repo"))
-    parser.add_argument("--endpoints", nargs="+", default=["qa", "detect", "classify", "classify_lite"])
+    parser.add_argument(
+        "--endpoints", nargs="+", default=["qa", "detect", "detect_nanodet", "classify", "classify_lite"]
+    )
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--requests", type=int, default=100, help="requests per (endpoint, concurrency)")
     parser.add_argument("--bare-iterations", type=int, default=10)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     endpoints = {
         "qa": Endpoint("qa", "bert_qa", "/qa", json=QA_BODY),
-        "detect": Endpoint("detect", "yolov5n", "/detect", image=_image("astronaut")),
+        "detect": Endpoint("detect", "yolov5n", "/detect?model=yolov5n", image=_image("astronaut")),
+        "detect_nanodet": Endpoint("detect_nanodet", "nanodet", "/detect?model=nanodet", image=_image("astronaut")),
         "classify": Endpoint("classify", "resnet50_vd", "/classify?model=resnet50_vd", image=_image("chelsea")),
         "classify_lite": Endpoint(
             "classify_lite", "efficientnet_lite0", "/classify?model=efficientnet_lite0", image=_image("chelsea")

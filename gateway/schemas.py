@@ -74,3 +74,6 @@ class ModelStatus(ModelInfo):
 
 class ModelsResponse(BaseModel):
     models: list[ModelStatus]
+    defaults: dict[str, str] = Field(
+        default_factory=dict, description="the model each task uses when the request names none"
+    )

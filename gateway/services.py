@@ -18,12 +18,21 @@ from gateway.tasks.qa import QATask, load_tokenizer
 from gateway.triton import TritonClient
 
 
+def default_detector(models: list[ModelInfo]) -> str:
+    """The ``/detect`` default: real weights first (a supplied checkpoint, then pretrained), else the first."""
+    for weights in ("checkpoint", "pretrained"):
+        for model in models:
+            if model.weights == weights:
+                return model.name
+    return models[0].name
+
+
 @dataclasses.dataclass
 class Services:
     """Args:
     client: the one Triton client.
     qa: the QA pipeline.
-    detect: the detection pipeline.
+    detect: the default detection pipeline (also in ``detectors``).
     classify: classification pipelines by model name; the first is the default.
     health: whether each served model can serve (probes and real requests).
     prober: the background probe inferences feeding ``health``; started by the app's lifespan.
@@ -33,6 +42,7 @@ class Services:
     qa: QATask
     detect: DetectTask
     classify: dict[str, ClassifyTask]
+    detectors: dict[str, DetectTask] = dataclasses.field(default_factory=dict)
     health: ModelHealth = dataclasses.field(default_factory=lambda: ModelHealth([]))
     prober: Prober | None = None
 
@@ -45,10 +55,15 @@ class Services:
         def info(name: str, task: str) -> ModelInfo:
             return read_model_info(repo, name, task)
 
+        names = [*settings.detect_models, *([settings.detect_model] if settings.detect_model else [])]
+        detectors = {
+            name: DetectTask(info(name, "detect"), client, metrics, settings, budget) for name in dict.fromkeys(names)
+        }
         services = cls(
             client=client,
             qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
-            detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings, budget),
+            detect=detectors[settings.detect_model or default_detector([t.model for t in detectors.values()])],
+            detectors=detectors,
             classify={
                 name: ClassifyTask(info(name, "classify"), client, metrics, settings, budget)
                 for name in settings.classify_models
@@ -66,7 +81,8 @@ class Services:
 
     @property
     def tasks(self) -> list[Task[Any, Any, Any]]:
-        return [self.qa, self.detect, *self.classify.values()]
+        detectors = self.detectors or {self.detect.model.name: self.detect}
+        return [self.qa, *detectors.values(), *self.classify.values()]
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -81,6 +97,14 @@ class Services:
             raise UnknownModel(
                 f"unknown classification model {name!r}; choose one of {sorted(self.classify)}"
             ) from None
+
+    def detector(self, name: str | None) -> DetectTask:
+        if name is None:
+            return self.detect
+        try:
+            return self.detectors[name]
+        except KeyError:
+            raise UnknownModel(f"unknown detection model {name!r}; choose one of {sorted(self.detectors)}") from None
 
     async def close(self) -> None:
         if self.prober is not None:

@@ -23,7 +23,10 @@ class Settings(BaseSettings):
         triton_shared_memory_regions: shared-memory regions in the pool (busy pool: gRPC path).
         model_repository: the Triton model repository, read for engine manifests (weights
             provenance); None when the gateway cannot see it.
-        qa_model, detect_model: Triton model names.
+        qa_model: Triton model name.
+        detect_model: the ``/detect`` default; None picks from ``detect_models`` by weights provenance: the
+            first with a supplied checkpoint, else the first pretrained (nanodet), else the first listed.
+        detect_models: Triton model names selectable by ``/detect?model=`` (unknown name: 404).
         classify_models: Triton model names selectable by ``/classify?model=``; the first is the default.
         qa_vocab: the uncased WordPiece vocabulary of the QA model (bert-base-uncased, shipped).
         qa_max_seq_len, qa_doc_stride, qa_max_question_tokens, qa_max_answer_tokens, qa_n_best:
@@ -33,7 +36,8 @@ class Settings(BaseSettings):
         max_body_bytes: largest accepted request body of any kind (refused before parsing).
         max_inflight: most task requests processed at once; more get 503 with Retry-After (0: no bound).
         max_image_pixels: largest accepted decoded image (width x height).
-        detect_img_size, detect_conf_threshold, detect_iou_threshold, detect_max_det: YOLO pre/post.
+        detect_img_size: YOLOv5 letterbox size (NanoDet's is its engine's, 416, from its manifest).
+        detect_conf_threshold, detect_iou_threshold, detect_max_det: detection post-processing (all models).
         classify_resize, classify_crop, classify_top_k: classification pre/post.
         body_timeout_s: deadline for a request body to arrive in full, once its headers have; past it
             408 ``request_timeout`` and the connection is closed. Bodies are read before admission,
@@ -103,7 +107,8 @@ class Settings(BaseSettings):
     model_repository: pathlib.Path | None = pathlib.Path("triton_repo")
 
     qa_model: str = "bert_qa"
-    detect_model: str = "yolov5n"
+    detect_model: str | None = None
+    detect_models: list[str] = Field(default_factory=lambda: ["nanodet", "yolov5n"])
     classify_models: list[str] = Field(default_factory=lambda: ["resnet50_vd", "efficientnet_lite0"])
 
     qa_vocab: pathlib.Path = BERT_BASE_UNCASED

@@ -97,7 +97,9 @@ def format_table(results: Sequence[BenchResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magicmind_build.bench", description=__doc__)
     parser.add_argument("--repo", type=pathlib.Path, default=pathlib.Path("triton_repo"))
-    parser.add_argument("--models", nargs="+", default=["bert_qa", "yolov5n", "resnet50_vd", "efficientnet_lite0"])
+    parser.add_argument(
+        "--models", nargs="+", default=["bert_qa", "yolov5n", "nanodet", "resnet50_vd", "efficientnet_lite0"]
+    )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args(argv)

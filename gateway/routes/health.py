@@ -56,4 +56,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def models(services: ServicesDep) -> ModelsResponse:
     """Served models, whether each can serve (and why not), weights provenance (``untrained`` = random init)."""
     _, statuses = await _statuses(services)
-    return ModelsResponse(models=statuses)
+    defaults = {
+        "qa": services.qa.model.name,
+        "detect": services.detect.model.name,
+        "classify": services.classifier(None).model.name,
+    }
+    return ModelsResponse(models=statuses, defaults=defaults)

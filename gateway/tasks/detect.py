@@ -1,4 +1,4 @@
-"""Object detection with YOLOv5."""
+"""Object detection: YOLOv5 (``output0``) or NanoDet (``scores`` + ``distances``), one post-processing."""
 
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.processing.detection import Detections, postprocess_detections
 from gateway.processing.images import Letterbox, letterbox, load_image, read_header
+from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.tasks.base import Task
 from gateway.triton import TritonClient
 
 OUTPUT = "output0"
+NANODET_OUTPUTS = ("scores", "distances")
+NANODET_IMG_SIZE = 416  # the shipped graph's input; a manifest's ``config.img_size`` takes precedence
+
+
+def is_nanodet(model: ModelInfo) -> bool:
+    return (model.architecture or model.name).startswith("nanodet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +64,10 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         # requests share one pool instead of each creating (and one leaking) its own.
         self._regions: OutputRegions | None = None
         self._regions_lock = asyncio.Lock()
+        self.nanodet = is_nanodet(model)
+        config_size = (model.config or {}).get("img_size")
+        default_size = NANODET_IMG_SIZE if self.nanodet else settings.detect_img_size
+        self.img_size = int(config_size) if self.nanodet and isinstance(config_size, int) else default_size
 
     @contextlib.asynccontextmanager
     async def admitted(self, request: DetectQuery) -> AsyncIterator[None]:
@@ -67,10 +78,12 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
         image = load_image(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
-        canvas, box = letterbox(image, self.settings.detect_img_size)
+        canvas, box = letterbox(image, self.img_size)
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:
+        if self.nanodet:  # 1.7 MB of outputs: plain gRPC
+            return await self._infer_rows({"images": features.tensor}, list(NANODET_OUTPUTS), None)
         return await self._infer_rows({"images": features.tensor}, [OUTPUT], await self._output_regions())
 
     async def _output_regions(self) -> OutputRegions | None:
@@ -93,8 +106,12 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
     ) -> tuple[Detections, Letterbox]:
+        if self.nanodet:
+            prediction = nanodet_to_yolo(outputs["scores"][0], outputs["distances"][0], self.img_size)
+        else:
+            prediction = outputs[OUTPUT][0]
         detections = postprocess_detections(
-            outputs[OUTPUT][0],
+            prediction,
             features.letterbox,
             request.conf_threshold,
             request.iou_threshold,

@@ -39,11 +39,12 @@ def test_served_detections_equal_bare_engine(
 
     response = client.post(
         "/detect",
-        params={"conf_threshold": conf, "iou_threshold": 0.45},
+        params={"conf_threshold": conf, "iou_threshold": 0.45, "model": "yolov5n"},
         files={"file": ("a.png", astronaut_png, "image/png")},
     )
     assert response.status_code == 200, response.text
     data = response.json()
+    assert data["model"]["name"] == "yolov5n"
     assert data["image"] == {"width": 512, "height": 512}
     assert [d["class_id"] for d in data["detections"]] == expected.classes.tolist()
     assert [d["score"] for d in data["detections"]] == [float(s) for s in expected.scores]

