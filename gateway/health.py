@@ -86,16 +86,25 @@ class Prober:
         metrics: where probes are counted.
         interval_s: pause between rounds; 0 disables probing.
         timeout_s: deadline of one probe.
+        retry_interval_s: pause between rounds while a model is unhealthy (at most ``interval_s``),
+            so readiness comes back soon after the model (or Triton) does.
     """
 
     def __init__(
-        self, health: ModelHealth, probe: ProbeFn, metrics: Metrics, interval_s: float, timeout_s: float
+        self,
+        health: ModelHealth,
+        probe: ProbeFn,
+        metrics: Metrics,
+        interval_s: float,
+        timeout_s: float,
+        retry_interval_s: float = 1.0,
     ) -> None:
         self.health = health
         self.probe = probe
         self.metrics = metrics
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.retry_interval_s = retry_interval_s
         self._task: asyncio.Task[None] | None = None
 
     async def probe_once(self) -> None:
@@ -120,7 +129,8 @@ class Prober:
                 await self.probe_once()
             except Exception:  # a bug in one round must not end probing
                 LOGGER.exception("probe round failed")
-            await asyncio.sleep(self.interval_s)
+            unhealthy = bool(self.health.unhealthy())
+            await asyncio.sleep(min(self.interval_s, self.retry_interval_s) if unhealthy else self.interval_s)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:

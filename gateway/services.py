@@ -76,6 +76,7 @@ class Services:
             metrics,
             settings.health_probe_interval_s,
             settings.health_probe_timeout_s,
+            settings.health_probe_retry_interval_s,
         )
         return services
 

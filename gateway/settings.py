@@ -86,6 +86,8 @@ class Settings(BaseSettings):
             with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
             until it serves again. 0 disables the prober (real requests still count).
         health_probe_timeout_s: deadline of one probe inference (a slower answer counts as a failure).
+        health_probe_retry_interval_s: pause between probe rounds while a model is unhealthy (at most
+            ``health_probe_interval_s``), so ``/readyz`` turns 200 soon after the model or Triton is back.
         workers: gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port;
             metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
             per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
@@ -154,5 +156,6 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     health_probe_interval_s: float = 10.0
     health_probe_timeout_s: float = 5.0
+    health_probe_retry_interval_s: float = 1.0
 
     workers: int = Field(default=1, ge=1)

@@ -175,26 +175,27 @@ class TritonClient:
 
         Raises the narrow :mod:`gateway.errors` leaf of the failure.
         """
-        if model not in self._probe_inputs:
-            config = await self._model_config(model)
-            batched = int(config.get("max_batch_size", 0)) > 0
-            specs = [
-                (
-                    i["name"],
-                    ([1] if batched else []) + [max(int(d), 1) for d in i["dims"]],
-                    i["data_type"].removeprefix("TYPE_"),
-                )
-                for i in config["input"]
-            ]
-            self._probe_inputs[model] = (specs, config["output"][0]["name"])
-        specs, output = self._probe_inputs[model]
-        inputs = []
-        for name, shape, datatype in specs:
-            tensor = grpcclient.InferInput(name, shape, datatype)
-            tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
-            inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(output)]
         try:
+            if model not in self._probe_inputs:
+                response = await self._client.get_model_config(model, as_json=True, client_timeout=timeout_s)
+                config = response["config"]
+                batched = int(config.get("max_batch_size", 0)) > 0
+                specs = [
+                    (
+                        i["name"],
+                        ([1] if batched else []) + [max(int(d), 1) for d in i["dims"]],
+                        i["data_type"].removeprefix("TYPE_"),
+                    )
+                    for i in config["input"]
+                ]
+                self._probe_inputs[model] = (specs, config["output"][0]["name"])
+            specs, output = self._probe_inputs[model]
+            inputs = []
+            for name, shape, datatype in specs:
+                tensor = grpcclient.InferInput(name, shape, datatype)
+                tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
+                inputs.append(tensor)
+            outputs = [grpcclient.InferRequestedOutput(output)]
             await self._client.infer(model, inputs, outputs=outputs, request_id="probe", client_timeout=timeout_s)
         except InferenceServerException as exc:
             self._probe_inputs.pop(model, None)  # a reloaded model may have a new config

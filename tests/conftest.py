@@ -57,7 +57,14 @@ def triton(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def settings(triton: TritonServer, model_repo: pathlib.Path) -> Settings:
-    return Settings(triton_url=triton.grpc_url, model_repository=model_repo, _env_file=None)  # type: ignore[call-arg]
+    # No background probe inferences: several apps share this server and some tests count its rows.
+    # Health probing is tested with its own settings (tests/gateway/test_model_health.py, reliability/).
+    return Settings(
+        triton_url=triton.grpc_url,
+        model_repository=model_repo,
+        health_probe_interval_s=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
 
 
 @pytest.fixture(scope="session")

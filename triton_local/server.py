@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from typing import IO
 
+from triton_local import stubs
+
 LOGGER = logging.getLogger(__name__)
 
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -112,50 +114,6 @@ def prepare_backend_dir(work_dir: pathlib.Path) -> pathlib.Path:
             link.unlink()
         link.symlink_to(source)
     return backend_dir
-
-
-@dataclasses.dataclass(frozen=True)
-class StubProcess:
-    """A live Python-backend stub process of one model instance.
-
-    Args:
-        pid: its process id.
-        model: the Triton model it serves.
-        instance: the model instance name (``<model>_<group>_<index>``).
-    """
-
-    pid: int
-    model: str
-    instance: str
-
-
-def _children(parent: int) -> list[tuple[int, str]]:
-    """(pid, state) of every process whose parent is ``parent``, from /proc."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == parent:
-            found.append((int(entry.name), fields[0]))
-    return found
-
-
-def _stub(pid: int) -> StubProcess | None:
-    try:
-        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    args = [a.decode(errors="replace") for a in argv if a]
-    # triton_python_backend_stub <repo>/<model>/<version>/model.py <shm region> ... <instance> <device>
-    if len(args) < 10 or not args[0].endswith("triton_python_backend_stub"):
-        return None
-    return StubProcess(pid=pid, model=pathlib.Path(args[1]).parent.parent.name, instance=args[-2])
 
 
 class TritonServer:
@@ -286,13 +244,10 @@ class TritonServer:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return "; log ends:\n" + f.read().decode(errors="replace")
 
-    def stub_processes(self) -> list[StubProcess]:
-        """The live Python-backend stubs of this server (children that are not zombies)."""
+    def stub_processes(self) -> list[stubs.Stub]:
+        """The live Python-backend stubs of this server."""
         pid = self.pid
-        if pid is None:
-            return []
-        stubs = (_stub(child) for child, state in _children(pid) if state not in ("Z", "X"))
-        return [s for s in stubs if s is not None]
+        return [] if pid is None else stubs.stubs(pid)
 
     def dead_models(self) -> list[str]:
         """Models with an instance whose stub was seen alive and now has no live process."""
@@ -330,7 +285,7 @@ class TritonServer:
         process = self._process
         if process is not None:
             self.dead_models()
-        stubs = self.stub_processes()
+        live_stubs = self.stub_processes()
         self._process = None
         if process is not None and process.poll() is None:
             died = self._stub_died
@@ -344,9 +299,9 @@ class TritonServer:
                 process.kill()
                 process.wait()
         # Stubs exit on their own once tritonserver is gone; make sure of it (they are ours).
-        for stub in stubs:
+        for stub in live_stubs:
             with contextlib.suppress(ProcessLookupError):
-                if _stub(stub.pid) == stub:
+                if stubs.is_running(stub):
                     os.kill(stub.pid, signal.SIGKILL)
         for segment in self.shm_segments():
             LOGGER.info("removing leftover shared memory %s", segment)

@@ -12,13 +12,10 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-import re
 import signal
 import time
 
 STUB_BINARY = "triton_python_backend_stub"
-_REGION_PREFIX = "triton_python_backend_shm_region_"
-_INSTANCE = re.compile(r"^(?P<model>.+)_\d+_\d+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +52,21 @@ def _argv(pid: int) -> tuple[str, ...]:
         return ()
 
 
+def _parse(pid: int, argv: tuple[str, ...]) -> Stub | None:
+    """A stub's argv: ``<stub> <repo>/<model>/<version>/model.py <shm region> ... <instance> <device>``."""
+    if len(argv) < 10 or not argv[0].endswith(STUB_BINARY):
+        return None
+    model = pathlib.Path(argv[1]).parent.parent.name
+    return Stub(pid=pid, instance=argv[-2], model=model, region=argv[2], argv=argv)
+
+
 def stubs(triton_pid: int, model: str | None = None) -> list[Stub]:
-    """The stubs among the children of ``triton_pid`` (only ``model``'s when given)."""
+    """The live stubs among the children of ``triton_pid`` (only ``model``'s when given)."""
     found = []
     for pid in children(triton_pid):
-        argv = _argv(pid)
-        if not argv or not argv[0].endswith(STUB_BINARY):
-            continue
-        instance = next((a for a in argv[1:] if _INSTANCE.match(a) and not a.startswith(_REGION_PREFIX)), "")
-        match = _INSTANCE.match(instance)
-        if match is None or (model is not None and match["model"] != model):
-            continue
-        region = next((a for a in argv if a.startswith(_REGION_PREFIX)), "")
-        found.append(Stub(pid, instance, match["model"], region, argv))
+        stub = _parse(pid, _argv(pid))  # a zombie's cmdline is empty: not listed
+        if stub is not None and (model is None or stub.model == model):
+            found.append(stub)
     return found
 
 
