@@ -112,7 +112,9 @@ def test_two_workers_one_scrape_counts_every_request(
 
     def detect(_: int) -> int:
         files = {"file": ("a.png", astronaut_png, "image/png")}
-        return httpx.post(f"{url}/detect", files=files, headers={"Connection": "close"}, timeout=60).status_code
+        return httpx.post(
+            f"{url}/detect?model=yolov5n", files=files, headers={"Connection": "close"}, timeout=60
+        ).status_code
 
     sent = 0
     deadline = time.monotonic() + 180
