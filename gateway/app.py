@@ -34,7 +34,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         if exc.status_code >= 500:
             LOGGER.warning("%s: %s", exc.code, exc.message)
-        return _error(exc.status_code, exc.code, exc.message)
+        response = _error(exc.status_code, exc.code, exc.message)
+        response.headers.update(exc.headers)  # e.g. Retry-After on 503 overloaded
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Outermost last: request id, then metrics (so shed and refused requests are counted), then the
     # body read in full (bounded in size, time and memory), then admission control, then the routes:
     # only requests whose body has arrived take a processing slot.
-    app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
+    app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight, latency_budget_s=settings.latency_budget_s)
     app.add_middleware(
         BufferedBody,
         max_bytes=settings.max_body_bytes,

@@ -12,8 +12,10 @@ Exception tree::
     │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
     │   └── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
     ├── Overloaded                   503 overloaded: the gateway's own bounds are full (Retry-After); raised
-    │                                by gateway.body_limit for uploads in progress (gateway.admission
-    │                                answers the same code itself, before any route)
+    │                                by gateway.body_limit for uploads in progress, and by gateway.triton
+    │                                when Triton sheds from a model's queue (full, or timed out in it;
+    │                                never retried) (gateway.admission answers the same code itself,
+    │                                before any route, also by its latency budget)
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
@@ -30,6 +32,11 @@ class GatewayError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers of this error (e.g. ``Retry-After``)."""
+        return {}
 
 
 class RequestError(GatewayError):
@@ -73,8 +80,21 @@ class HeadersTooLarge(RequestError):
 
 
 class Overloaded(GatewayError):
+    """Args:
+    message: what was refused.
+    retry_after_s: the ``Retry-After`` given to the client.
+    """
+
     status_code = 503
     code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class UpstreamError(GatewayError):

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
         header_timeout_s: deadline for a request's line and headers to arrive, counted from the
             connection's opening or, on a kept-alive connection, from the next request's first byte;
             past it 408 ``request_timeout`` (nothing if no byte came) and the connection is closed.
+        latency_budget_s: shed a task request (503 ``overloaded`` with Retry-After) when its predicted
+            latency, the measured per-request service time of its route and model times the
+            requests ahead of it, is over this (0: no latency shedding; ``max_inflight`` still applies).
+        triton_reconnect_backoff_initial_s, triton_reconnect_backoff_max_s: gRPC reconnect back-off
+            to Triton after a lost connection, first and largest (gRPC's own defaults, 1 s and
+            120 s, kept the gateway failing for up to two minutes after Triton was back).
+        triton_connect_timeout_s: deadline of one gRPC connection attempt (gRPC's
+            ``min_reconnect_backoff_ms``; its default is 20 s).
+        shutdown_timeout_s: on SIGTERM, how long in-flight requests may drain before they are
+            cancelled and the process exits (uvicorn ``timeout_graceful_shutdown``).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -95,3 +105,8 @@ class Settings(BaseSettings):
     max_buffered_body_bytes: int = 1024 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
+    latency_budget_s: float = 5.0
+    triton_reconnect_backoff_initial_s: float = 0.1
+    triton_reconnect_backoff_max_s: float = 1.0
+    triton_connect_timeout_s: float = 1.0
+    shutdown_timeout_s: int = 10
