@@ -76,15 +76,15 @@ def qa_repo(source: pathlib.Path | None, work: pathlib.Path) -> pathlib.Path:
 
 
 def measure(name: str, backoff: tuple[float, float, float], repo: pathlib.Path, outage_s: float) -> Recovery:
-    ports = {"http_port": _free_port(), "grpc_port": _free_port(), "metrics_port": _free_port()}
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
 
     def server() -> TritonServer:
-        config = TritonServerConfig(model_repository=repo, log_file=repo.parent / "triton.log", **ports)
-        return TritonServer(config)
+        log = repo.parent / "triton.log"
+        return TritonServer(TritonServerConfig(repo, http_port, grpc_port, metrics_port, log_file=log))
 
     initial, largest, connect = backoff
     settings = Settings(
-        triton_url=f"127.0.0.1:{ports['grpc_port']}",
+        triton_url=f"127.0.0.1:{grpc_port}",
         model_repository=repo,
         triton_retries=0,
         triton_reconnect_backoff_initial_s=initial,
