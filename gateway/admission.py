@@ -9,7 +9,10 @@ latency grows for everyone until requests hit the inference deadline. Two bounds
   request's latency divided by the requests that were in flight for that key when it was
   admitted (itself included), i.e. the time the gateway and Triton need per request at the
   current batching. A new request with ``k`` requests ahead is predicted to take
-  ``(k + 1) * service_time``; past ``latency_budget_s`` it is shed at once.
+  ``(k + 1) * service_time``; past ``latency_budget_s`` it is shed at once. The estimate only
+  moves when requests complete, so it lags a sudden slowdown; a second rule covers that: while
+  the oldest request of the key has been in flight for longer than the budget, the queue is
+  already over it and new requests of that key are shed too.
 
 A key with nothing in flight is always admitted, so an estimate made during a stall is corrected
 by the next request. Only answers that measured real work (2xx, and 504 upstream timeouts) feed
@@ -19,6 +22,7 @@ the estimate. Health, readiness and metrics are never shed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -36,10 +40,12 @@ class _KeyState:
     """Args:
     inflight: requests of this key admitted and not yet answered.
     service_s: EWMA of one request's service time; None before the first sample.
+    started: admission time of each request in flight, oldest first (insertion order).
     """
 
     inflight: int = 0
     service_s: float | None = None
+    started: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 class AdmissionControl:
@@ -69,6 +75,7 @@ class AdmissionControl:
         self.clock = clock
         self.inflight = 0
         self._keys: dict[str, _KeyState] = {}  # only keys with requests in flight or a sample
+        self._tokens = itertools.count()
 
     @staticmethod
     def key(scope: Scope) -> str:
@@ -86,11 +93,13 @@ class AdmissionControl:
         retry_after = (b"retry-after", str(retry_after_s).encode())
         await send_json_error(send, 503, "overloaded", message, [retry_after])
 
-    def _predicted_excess_s(self, state: _KeyState) -> float:
+    def _predicted_excess_s(self, state: _KeyState, now: float) -> float:
         """How far the predicted latency of one more request exceeds the budget (<= 0: admit)."""
-        if not self.latency_budget_s or state.service_s is None or state.inflight == 0:
+        if not self.latency_budget_s or state.inflight == 0:
             return 0.0
-        return (state.inflight + 1) * state.service_s - self.latency_budget_s
+        oldest_age = now - next(iter(state.started.values()))
+        predicted = 0.0 if state.service_s is None else (state.inflight + 1) * state.service_s
+        return max(predicted, oldest_age) - self.latency_budget_s
 
     def _record(self, key: str, state: _KeyState, ahead: int, elapsed_s: float, status: int) -> None:
         if 200 <= status < 300 or status == 504:
@@ -109,18 +118,19 @@ class AdmissionControl:
             return
         key = self.key(scope)
         state = self._keys.setdefault(key, _KeyState())
-        excess = self._predicted_excess_s(state)
+        start = self.clock()
+        excess = self._predicted_excess_s(state, start)
         if excess > 0:
             predicted = excess + self.latency_budget_s
             message = (
-                f"{state.inflight} requests ahead, predicted {predicted:.1f}s over the "
+                f"{state.inflight} requests ahead, predicted {predicted:.1f}s, over the "
                 f"{self.latency_budget_s:g}s latency budget; retry"
             )
             await self._reject(send, message, max(self.retry_after_s, math.ceil(excess)))
             return
         ahead = state.inflight
         status = 500
-        start = self.clock()
+        token = next(self._tokens)
 
         async def record_status(message: Message) -> None:
             nonlocal status
@@ -130,9 +140,11 @@ class AdmissionControl:
 
         self.inflight += 1  # single event loop: no lock needed
         state.inflight += 1
+        state.started[token] = start
         try:
             await self.app(scope, receive, record_status)
         finally:
             self.inflight -= 1
             state.inflight -= 1
+            del state.started[token]
             self._record(key, state, ahead, self.clock() - start, status)

@@ -120,3 +120,41 @@ def test_failed_and_unknown_requests_leave_no_state() -> None:
         assert admission._keys == {}
 
     asyncio.run(scenario())
+
+
+def test_a_request_in_flight_past_the_budget_sheds_its_key_before_any_estimate() -> None:
+    """The estimate lags a stall (it moves on completions); the oldest request's age does not."""
+    now = [0.0]
+    release = asyncio.Event()
+    started = 0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal started
+        started += 1
+        if scope["path"] == "/qa":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> None:
+        admission = AdmissionControl(app, max_inflight=0, latency_budget_s=2.0, clock=lambda: now[0])
+        transport = httpx.ASGITransport(app=admission)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            stuck = asyncio.create_task(client.post("/qa"))
+            while started < 1:
+                await asyncio.sleep(0.001)
+            assert admission.service_time("/qa") is None
+            now[0] = 1.5  # within the budget: admitted
+            second = asyncio.create_task(client.post("/qa"))
+            while started < 2:
+                await asyncio.sleep(0.001)
+            now[0] = 4.5  # the oldest has been in flight 4.5 s, over the 2 s budget
+            shed = await client.post("/qa")
+            assert shed.status_code == 503
+            assert shed.headers["retry-after"] == "3"  # ceil(4.5 - 2)
+            assert (await client.post("/detect")).status_code == 200  # other keys are not held up
+            release.set()
+            assert [r.status_code for r in await asyncio.gather(stuck, second)] == [200, 200]
+            assert (await client.post("/qa")).status_code == 200
+
+    asyncio.run(scenario())
