@@ -52,7 +52,8 @@ class AdmissionControl:
     """Args:
     app: the wrapped ASGI app.
     max_inflight: most requests processed at once (0: unbounded).
-    retry_after_s: the least ``Retry-After`` given with a 503.
+    retry_after_s: the least ``Retry-After`` given with a 503 (a latency shed gives the predicted
+        excess, at most the budget).
     latency_budget_s: shed a request whose predicted latency is over this (0: no latency shedding).
     ewma_alpha: weight of a new service-time sample in the running estimate.
     clock: monotonic seconds (a seam for tests).
@@ -126,7 +127,9 @@ class AdmissionControl:
                 f"{state.inflight} requests ahead, predicted {predicted:.1f}s, over the "
                 f"{self.latency_budget_s:g}s latency budget; retry"
             )
-            await self._reject(send, message, max(self.retry_after_s, math.ceil(excess)))
+            # Retry once the excess has drained, but never later than one budget from now.
+            retry_after = min(math.ceil(excess), math.ceil(self.latency_budget_s))
+            await self._reject(send, message, max(self.retry_after_s, retry_after))
             return
         ahead = state.inflight
         status = 500
