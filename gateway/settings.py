@@ -50,7 +50,8 @@ class Settings(BaseSettings):
             past it 408 ``request_timeout`` (nothing if no byte came) and the connection is closed.
         latency_budget_s: shed a task request (503 ``overloaded`` with Retry-After) when its predicted
             latency, the measured per-request service time of its route and model times the
-            requests ahead of it, is over this (0: no latency shedding; ``max_inflight`` still applies).
+            requests ahead of it, is over this, or while the oldest request of that route and model
+            has been in flight longer than this (0: no latency shedding; ``max_inflight`` still applies).
         triton_reconnect_backoff_initial_s, triton_reconnect_backoff_max_s: gRPC reconnect back-off
             to Triton after a lost connection, first and largest (gRPC's own defaults, 1 s and
             120 s, kept the gateway failing for up to two minutes after Triton was back).
