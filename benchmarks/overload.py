@@ -40,6 +40,7 @@ MODEL = "resnet50_vd"
 class Answers:
     ok: list[float] = dataclasses.field(default_factory=list)
     shed: list[float] = dataclasses.field(default_factory=list)
+    by_triton: int = 0  # of the shed: refused by Triton's queue policy rather than the gateway
     other: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
@@ -83,6 +84,7 @@ async def load(url: str, image: bytes, concurrency: int, duration_s: float) -> A
                     answers.ok.append(elapsed)
                 elif response.status_code == 503 and response.json()["error"]["code"] == "overloaded":
                     answers.shed.append(elapsed)
+                    answers.by_triton += "refused by Triton" in response.json()["error"]["message"]
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 else:
                     answers.other[response.status_code] = answers.other.get(response.status_code, 0) + 1
@@ -158,11 +160,11 @@ def main() -> None:
                 rows.append(
                     f"{budget:>8g} {args.concurrency:>5} {len(a.ok):>6} {len(a.ok) / args.duration_s:>7.1f} "
                     f"{_pct(a.ok, 50):>8} {_pct(a.ok, 99):>8} {len(a.shed):>6} {_pct(a.shed, 50):>10} "
-                    f"{_pct(a.shed, 99):>10} {other:>8}"
+                    f"{_pct(a.shed, 99):>10} {a.by_triton:>7} {other:>6}"
                 )
     header = (
         f"{'budget s':>8} {'conc':>5} {'200':>6} {'200/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'503':>6} "
-        f"{'503 p50 ms':>10} {'503 p99 ms':>10} {'other':>8}"
+        f"{'503 p50 ms':>10} {'503 p99 ms':>10} {'Triton':>7} {'other':>6}"
     )
     sys.stdout.write("\n".join([header, *rows]) + "\n")
 
