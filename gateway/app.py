@@ -14,11 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway._asgi import error_body
 from gateway.admission import AdmissionControl
+from gateway.auth import ApiKeyAuth, load_api_keys
 from gateway.body_limit import BufferedBody
+from gateway.deadline import RequestDeadline
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics, RequestMetrics
+from gateway.rate_limit import RateLimit, TokenBuckets
 from gateway.request_id import RequestId
+from gateway.request_id import current as request_id_var
 from gateway.routes import classify, detect, health, qa
+from gateway.server_errors import ServerErrors
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -32,10 +37,14 @@ def _error(status: int, code: str, message: str, details: list[dict[str, object]
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        message = exc.message
         if exc.status_code >= 500:
-            LOGGER.warning("%s: %s", exc.code, exc.message)
-        response = _error(exc.status_code, exc.code, exc.message)
-        response.headers.update(exc.headers)  # e.g. Retry-After on 503 overloaded
+            # Details (Triton's address, raw gRPC text) go to the log only, keyed by the request id.
+            request_id = request_id_var.get()
+            LOGGER.warning("%s [request %s]: %s (%s)", exc.code, request_id, exc.message, exc.detail)
+            message = f"{exc.message} (request id {request_id})"
+        response = _error(exc.status_code, exc.code, message)
+        response.headers.update(exc.headers)  # e.g. Retry-After on 503
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -52,10 +61,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})  # e.g. Allow on 405
         return response
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        LOGGER.exception("unhandled error")
-        return _error(500, "internal_error", "internal error")
+    # Anything else is answered by gateway.server_errors.ServerErrors (500, with the request id).
 
 
 def _route_paths(app: FastAPI) -> set[str]:
@@ -85,25 +91,40 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.close()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Inference gateway",
         description="BERT QA, YOLOv5n detection and ImageNet classification in front of Triton",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     _install_error_handlers(app)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:  # else served by gateway.metrics.metrics_app on its own port
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for module in (qa, detect, classify, health):
         app.include_router(module.router)
-    # Outermost last: request id, then metrics (so shed and refused requests are counted), then the
-    # body read in full (bounded in size, time and memory), then admission control, then the routes:
-    # only requests whose body has arrived take a processing slot.
+    # Outermost last: request id, then the catch-all 500 (inside the request id, so it carries it),
+    # then metrics (so shed and refused requests are counted), then the API key check and the rate
+    # limit (cheap rejections, before any body is read), then the body read in full (bounded in size,
+    # time and memory), then admission control, then the routes: only requests whose body has arrived
+    # take a processing slot. The request deadline (X-Request-Timeout) and cancellation on disconnect
+    # sit inside admission control, so a cancelled request frees its slot at once.
+    app.add_middleware(
+        RequestDeadline,
+        metrics=metrics,
+        default_s=settings.request_timeout_s,
+        max_s=settings.max_request_timeout_s,
+    )
     app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight, latency_budget_s=settings.latency_budget_s)
     app.add_middleware(
         BufferedBody,
@@ -113,6 +134,12 @@ def create_app(settings: Settings) -> FastAPI:
         max_buffered_bytes=settings.max_buffered_body_bytes,
         max_header_bytes=settings.max_header_bytes,
     )
+    if settings.rate_limit_per_s > 0:
+        buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients)
+        app.add_middleware(RateLimit, buckets=buckets)
+    if keys := load_api_keys(settings):
+        app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))
+    app.add_middleware(ServerErrors)
     app.add_middleware(RequestId)
     return app

@@ -7,19 +7,29 @@ Exception tree::
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
+    │   │   └── TooManyWindows       413 too_many_windows: a /qa context needing more windows than allowed
+    │   ├── UnsupportedImageShape    422 unsupported_image_shape: aspect ratio past the limit
     │   ├── InvalidText              422 invalid_text: empty or over-long question/context
     │   ├── UnknownModel             404 unknown_model: no such model for this task
     │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
-    │   └── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
-    ├── Overloaded                   503 overloaded: the gateway's own bounds are full (Retry-After); raised
-    │                                by gateway.body_limit for uploads in progress, and by gateway.triton
-    │                                when Triton sheds from a model's queue (full, or timed out in it;
-    │                                never retried) (gateway.admission answers the same code itself,
-    │                                before any route, also by its latency budget)
+    │   ├── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
+    │   ├── Unauthorized             401 unauthorized: API keys are set and none valid was given
+    │   │                            (answered by gateway.auth, before any route)
+    │   └── RateLimited              429 rate_limited: the client's token bucket is empty
+    │                                (answered by gateway.rate_limit, before any route)
+    ├── Overloaded                   503 overloaded (+ Retry-After): the gateway's own bounds are full:
+    │                                uploads in progress (gateway.body_limit) or the image decoding
+    │                                budget (gateway.image_budget), or Triton shedding from a model's
+    │                                queue, full or timed out in it (gateway.triton; never retried);
+    │                                gateway.admission answers the same code itself, before any route,
+    │                                also by its latency budget
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
         └── InferenceFailed          502 inference_failed: Triton answered with an error
+
+``message`` is what the client reads; ``detail`` (internal addresses, raw gRPC text) is only
+logged, with the request id. Upstream errors carry a generic message and put the rest in ``detail``.
 """
 
 from __future__ import annotations
@@ -29,14 +39,11 @@ class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.message = message
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Extra response headers of this error (e.g. ``Retry-After``)."""
-        return {}
+        self.headers: dict[str, str] = {}
+        self.detail = detail
 
 
 class RequestError(GatewayError):
@@ -57,6 +64,16 @@ class UnsupportedMediaType(RequestError):
 class PayloadTooLarge(RequestError):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnsupportedImageShape(RequestError):
+    status_code = 422
+    code = "unsupported_image_shape"
+
+
+class TooManyWindows(PayloadTooLarge):
+    status_code = 413
+    code = "too_many_windows"
 
 
 class InvalidText(RequestError):
@@ -88,13 +105,19 @@ class Overloaded(GatewayError):
     status_code = 503
     code = "overloaded"
 
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    def __init__(self, message: str, retry_after_s: int = 1, detail: str = "") -> None:
+        super().__init__(message, detail)
+        self.headers["Retry-After"] = str(retry_after_s)
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+
+class Unauthorized(RequestError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class RateLimited(RequestError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class UpstreamError(GatewayError):

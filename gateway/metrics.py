@@ -9,7 +9,11 @@ import json
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _ERROR_BODY_LIMIT = 64 * 1024  # error bodies are small JSON; past this the code is "unknown"
@@ -51,7 +55,7 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "gateway_inference_rows",
-            "Rows (windows or images) sent to Triton per request",
+            "Rows (windows or images) sent to Triton per call",
             ["model"],
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
@@ -60,6 +64,12 @@ class Metrics:
             "gateway_errors",
             "Error answers (4xx/5xx) by route and JSON error code (e.g. overloaded, triton_unavailable)",
             ["route", "code"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "gateway_cancelled_requests",
+            "Requests whose work was cancelled, by route and reason (deadline, client_disconnect)",
+            ["route", "reason"],
             registry=r,
         )
 
@@ -115,3 +125,12 @@ class RequestMetrics:
                 code = error_code(bytes(body)) if len(body) <= _ERROR_BODY_LIMIT else "unknown"
                 self.metrics.errors.labels(route, code).inc()
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)
+
+
+def metrics_app(metrics: Metrics) -> Starlette:
+    """A separate app serving only ``GET /metrics`` (``GATEWAY_METRICS_PORT``); anything else is 404."""
+
+    async def prometheus_metrics(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", prometheus_metrics, methods=["GET"])])

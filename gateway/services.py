@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.catalog import ModelInfo, read_model_info
 from gateway.errors import UnknownModel
+from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.tasks.base import Task
@@ -34,6 +35,7 @@ class Services:
     def create(cls, settings: Settings, metrics: Metrics) -> Services:
         client = TritonClient.from_settings(settings)
         repo = settings.model_repository
+        budget = ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)  # one for all images
 
         def info(name: str, task: str) -> ModelInfo:
             return read_model_info(repo, name, task)
@@ -41,9 +43,9 @@ class Services:
         return cls(
             client=client,
             qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
-            detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings),
+            detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings, budget),
             classify={
-                name: ClassifyTask(info(name, "classify"), client, metrics, settings)
+                name: ClassifyTask(info(name, "classify"), client, metrics, settings, budget)
                 for name in settings.classify_models
             },
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.vocab import BERT_BASE_UNCASED
@@ -48,6 +48,35 @@ class Settings(BaseSettings):
         header_timeout_s: deadline for a request's line and headers to arrive, counted from the
             connection's opening or, on a kept-alive connection, from the next request's first byte;
             past it 408 ``request_timeout`` (nothing if no byte came) and the connection is closed.
+        max_image_aspect_ratio: largest accepted ratio of an image's longer side to its shorter
+            side; beyond it 422 ``unsupported_image_shape`` before decoding (0: no limit).
+        image_decode_budget_bytes: decoding memory all image requests may hold at once; each
+            reserves ``width x height x b`` bytes, read from the header before decoding (``b`` by pixel
+            mode: 3 for 1-bit and grey, 6 palette, 7 16-bit grey, 9 colour and the rest), while it is
+            decoded and resized. An image that alone exceeds it gets 413 (0: no budget).
+        image_decode_wait_s: how long an image request waits for its share of the budget before
+            503 ``overloaded`` with ``Retry-After``.
+        qa_max_windows: most 128-token windows one /qa context may need; more get 413
+            ``too_many_windows`` (checked after tokenising, before any inference).
+        qa_chunk_rows: windows per Triton call of one /qa request (capped by the model's
+            ``max_batch_size``); a request's calls go one at a time, so other requests' rows join
+            Triton's batches between them (0: ``max_batch_size`` rows, or all windows when that is 0).
+        request_timeout_s: deadline of a task request that sends no ``X-Request-Timeout`` header;
+            past it the request's Triton work is cancelled and the client gets 504 ``upstream_timeout``.
+        max_request_timeout_s: longest deadline a client may ask for with ``X-Request-Timeout``
+            (larger values are cut to it).
+        api_keys: comma-separated API keys (secret: never logged or shown); with any key set
+            (here or in ``api_keys_file``) every path but ``/healthz`` and ``/readyz`` needs one,
+            as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, else 401.
+        api_keys_file: a file of API keys, one per line, ``#`` comments and blank lines ignored;
+            read once at start-up (a set file without keys is an error, not an open gateway).
+        docs_enabled: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (behind the keys when set).
+        rate_limit_per_s: requests per second refilled into each client's token bucket (0: no
+            limit); a client is its API key when keys are set, else its IP. Empty bucket: 429.
+        rate_limit_burst: bucket capacity: the most requests a client can make at once.
+        rate_limit_max_clients: most buckets tracked; past it the least recently seen is dropped.
+        metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
+            one, whose ``/metrics`` then answers 404; None: on the main port.
         latency_budget_s: shed a task request (503 ``overloaded`` with Retry-After) when its predicted
             latency, the measured per-request service time of its route and model times the
             requests ahead of it, is over this, or while the oldest request of that route and model
@@ -106,6 +135,20 @@ class Settings(BaseSettings):
     max_buffered_body_bytes: int = 1024 * 1024 * 1024
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
+    max_image_aspect_ratio: float = 20.0
+    image_decode_budget_bytes: int = 1024 * 1024 * 1024
+    image_decode_wait_s: float = 2.0
+    qa_max_windows: int = 128
+    qa_chunk_rows: int = 16
+    request_timeout_s: float = 30.0
+    max_request_timeout_s: float = 60.0
+    api_keys: SecretStr = SecretStr("")
+    api_keys_file: pathlib.Path | None = None
+    docs_enabled: bool = True
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+    rate_limit_max_clients: int = Field(default=10_000, ge=1)
+    metrics_port: int | None = None
     latency_budget_s: float = 5.0
     triton_reconnect_backoff_initial_s: float = 0.1
     triton_reconnect_backoff_max_s: float = 1.0

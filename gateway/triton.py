@@ -22,6 +22,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
+from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
@@ -106,17 +107,22 @@ class TritonClient:
             except InferenceServerException as exc:
                 status = exc.status()
                 if status == _UNAVAILABLE and is_queue_rejection(exc.message() or ""):
-                    raise Overloaded(f"{what} refused by Triton: {exc.message()}") from exc
+                    detail = f"Triton at {self.url}: {exc.message()}"
+                    raise Overloaded(
+                        f"{what}: shed from the model's queue (full, or waited too long); retry", detail=detail
+                    ) from exc
                 if status == _UNAVAILABLE and attempt < self.retries:
                     LOGGER.warning("%s: Triton unavailable (attempt %d), retrying in %.2fs", what, attempt + 1, delay)
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
+                # The client reads the generic message; the address and gRPC text are only logged.
                 if status == _UNAVAILABLE:
-                    raise TritonUnavailable(f"Triton at {self.url} is unavailable: {exc.message()}") from exc
+                    detail = f"Triton at {self.url}: {exc.message()}"
+                    raise TritonUnavailable("the inference server is unavailable; retry later", detail) from exc
                 if status == _DEADLINE:
-                    raise UpstreamTimeout(f"{what} took longer than {self.timeout_s}s") from exc
-                raise InferenceFailed(f"{what} failed: {exc.message()}") from exc
+                    raise UpstreamTimeout(f"{what} did not finish before its deadline") from exc
+                raise InferenceFailed(f"{what} failed", f"Triton at {self.url}: {exc.message()}") from exc
         raise AssertionError("unreachable")
 
     async def infer(
@@ -129,6 +135,8 @@ class TritonClient:
         """One inference call; returns the requested outputs as arrays.
 
         With ``regions``, that output comes back through shared memory when a region is free.
+        Its gRPC deadline is ``timeout_s`` or what is left of the request's deadline
+        (:mod:`gateway.deadline`), whichever is sooner; none left: :class:`UpstreamTimeout` at once.
         """
         infer_inputs = []
         for name, array in inputs.items():
@@ -148,15 +156,19 @@ class TritonClient:
             request_id = request_id_var.get()
 
             def call() -> Any:
+                left = deadline.remaining()
+                timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+                if timeout <= 0:
+                    raise UpstreamTimeout(f"inference on {model}: the request's deadline has passed")
                 return self._client.infer(
-                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=self.timeout_s
+                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=timeout
                 )
 
             try:
                 result = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
                 # A restarted Triton has forgotten the regions: register them again, once.
-                if regions is None or shm_output is None or "shared memory" not in exc.message:
+                if regions is None or shm_output is None or "shared memory" not in exc.detail:
                     raise
                 if not await regions.reregister(self._client):
                     raise

@@ -2,7 +2,9 @@
 
 Everything is loaded in ``initialize``. ``execute`` validates each request, concatenates all
 valid requests into ONE engine call, splits the outputs back, and answers one response per
-request; a bad request gets its own ``TritonError`` and never affects the others.
+request; a bad request gets its own ``TritonError`` and never affects the others. A request
+its client has cancelled (gRPC cancellation or deadline) is answered with a ``CANCELLED``
+error and never reaches the engine.
 
 Importable only inside Triton's Python backend (it needs ``triton_python_backend_utils``).
 """
@@ -71,6 +73,12 @@ class EngineModel:
         valid: list[int] = []
         feeds: list[dict[str, np.ndarray]] = []
         for i, request in enumerate(requests):
+            if request.is_cancelled():
+                pb_utils.Logger.log_verbose(f"request {request.request_id()!r} cancelled; not run")
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("request cancelled by its client", pb_utils.TritonError.CANCELLED)
+                )
+                continue
             try:
                 feeds.append(self._read(request))
                 valid.append(i)

@@ -118,6 +118,12 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.config.host}:{self.config.metrics_port}/metrics"
 
+    @property
+    def pid(self) -> int | None:
+        """The tritonserver process id while it runs (for signals and /proc), else None."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def command(self, backend_dir: pathlib.Path) -> list[str]:
         cfg = self.config
         return [

@@ -124,3 +124,16 @@ def decode_spans(
         if len(spans) == top_k:
             break
     return spans
+
+
+def window_chunks(windows: int, chunk_rows: int, max_batch_size: int) -> list[slice]:
+    """Consecutive row ranges covering ``windows`` rows, one per Triton call.
+
+    Each holds at most ``chunk_rows`` rows, and never more than the model's ``max_batch_size``;
+    a bound of 0 means no bound from that side (both 0: one call with every row).
+    """
+    if windows < 0 or chunk_rows < 0 or max_batch_size < 0:
+        raise ValueError("windows, chunk_rows and max_batch_size must not be negative")
+    bounds = [b for b in (chunk_rows, max_batch_size) if b > 0]
+    size = min(bounds) if bounds else max(windows, 1)
+    return [slice(i, min(i + size, windows)) for i in range(0, windows, size)]

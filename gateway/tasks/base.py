@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -44,9 +46,15 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
     @abc.abstractmethod
     def postprocess(self, request: RequestT, features: FeaturesT, outputs: dict[str, np.ndarray]) -> ResultT: ...
 
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: RequestT) -> AsyncIterator[None]:
+        """Held around ``preprocess``: where a task reserves what preprocessing needs (nothing, by default)."""
+        yield
+
     async def __call__(self, request: RequestT) -> ResultT:
-        with self.metrics.preprocess.labels(self.task).time():
-            features = await to_thread.run_sync(self.preprocess, request)
+        async with self.admitted(request):
+            with self.metrics.preprocess.labels(self.task).time():
+                features = await to_thread.run_sync(self.preprocess, request)
         with self.metrics.inference.labels(self.task, self.model.name).time():
             outputs = await self.infer(features)
         with self.metrics.postprocess.labels(self.task).time():

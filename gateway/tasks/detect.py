@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 
 import numpy as np
 
 from gateway.catalog import ModelInfo
+from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.processing.detection import Detections, postprocess_detections
-from gateway.processing.images import Letterbox, decode_image, letterbox
+from gateway.processing.images import Letterbox, letterbox, load_image, read_header
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.tasks.base import Task
@@ -38,13 +41,28 @@ class DetectFeatures:
 
 
 class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
-    def __init__(self, model: ModelInfo, client: TritonClient, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self,
+        model: ModelInfo,
+        client: TritonClient,
+        metrics: Metrics,
+        settings: Settings,
+        budget: ImageBudget | None = None,
+    ) -> None:
         super().__init__("detect", model, client, metrics)
         self.settings = settings
+        self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
         self._regions: OutputRegions | None = None
 
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: DetectQuery) -> AsyncIterator[None]:
+        """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
+        header = read_header(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
+        async with self.budget.reserve(header.decode_bytes):
+            yield
+
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
-        image = decode_image(request.image, self.settings.max_image_pixels)
+        image = load_image(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
         canvas, box = letterbox(image, self.settings.detect_img_size)
         return DetectFeatures(canvas[None], box)
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import numpy as np
 from tokenizers.implementations import BaseTokenizer, BertWordPieceTokenizer
 
 from gateway.catalog import ModelInfo
-from gateway.errors import InvalidText
+from gateway.errors import InvalidText, TooManyWindows
 from gateway.metrics import Metrics
-from gateway.processing.qa import QAFeatures, Span, configure_tokenizer, decode_spans, encode_qa
+from gateway.processing.qa import (
+    QAFeatures,
+    Span,
+    configure_tokenizer,
+    decode_spans,
+    encode_qa,
+    window_chunks,
+)
 from gateway.settings import Settings
 from gateway.tasks.base import Task
 from gateway.triton import TritonClient
@@ -57,25 +63,30 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
         super().__init__("qa", model, client, metrics)
         self.settings = settings
         self.tokenizer = tokenizer
-        self._max_batch: int | None = None
 
     def preprocess(self, request: QAQuery) -> QAFeatures:
         if len(request.context) > self.settings.qa_max_context_chars:
             raise InvalidText(
                 f"context has {len(request.context)} characters; the limit is {self.settings.qa_max_context_chars}"
             )
-        return encode_qa(self.tokenizer, request.question, request.context, self.settings.qa_max_question_tokens)
+        features = encode_qa(self.tokenizer, request.question, request.context, self.settings.qa_max_question_tokens)
+        if features.windows > self.settings.qa_max_windows:
+            raise TooManyWindows(
+                f"context needs {features.windows} windows of {self.settings.qa_max_seq_len} tokens; "
+                f"the limit is {self.settings.qa_max_windows}"
+            )
+        return features
 
     async def infer(self, features: QAFeatures) -> dict[str, np.ndarray]:
-        if self._max_batch is None:
-            self._max_batch = await self.client.max_batch_size(self.model.name) or features.windows
+        # The model's batch bound is read per request (a reloaded model may change it).
+        max_batch = await self.client.max_batch_size(self.model.name)
         inputs = {name: getattr(features, name) for name in INPUTS}
-        # All windows in one call, or in as few calls of max_batch_size rows as the model allows.
-        chunks = [
-            {name: array[i : i + self._max_batch] for name, array in inputs.items()}
-            for i in range(0, features.windows, self._max_batch)
-        ]
-        results = await asyncio.gather(*(self._infer_rows(chunk, OUTPUTS) for chunk in chunks))
+        # One call at a time: between them, other requests' rows enter Triton's batching queue,
+        # so a long context cannot hold the engine; cancelling this coroutine (deadline, client
+        # gone) cancels the call in flight, and the remaining ones are never sent.
+        results = []
+        for rows in window_chunks(features.windows, self.settings.qa_chunk_rows, max_batch):
+            results.append(await self._infer_rows({name: array[rows] for name, array in inputs.items()}, OUTPUTS))
         return {name: np.concatenate([r[name] for r in results]) for name in OUTPUTS}
 
     def postprocess(self, request: QAQuery, features: QAFeatures, outputs: dict[str, np.ndarray]) -> QAResult:

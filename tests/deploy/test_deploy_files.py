@@ -43,7 +43,9 @@ def test_prometheus_configs_pass_promtool(config: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["docker-compose.yml", "deploy/docker-compose.gpu.yml"])
+@pytest.mark.parametrize(
+    "path", ["docker-compose.yml", "deploy/docker-compose.gpu.yml", "deploy/docker-compose.debug.yml"]
+)
 def test_compose_files_follow_the_compose_specification(path: str) -> None:
     # compose_spec.json: the Compose Specification schema shipped in docker-compose 1.29.2 (Apache-2.0).
     schema = json.loads((ROOT / "tests" / "deploy" / "compose_spec.json").read_text())
@@ -64,7 +66,10 @@ def test_compose_references_existing_files_and_agrees_on_ports() -> None:
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name}: {source}"
     host, port = services["gateway"]["environment"]["GATEWAY_TRITON_URL"].split(":")
-    assert host == "triton" and f"{port}:{port}" in services["triton"]["ports"]
+    assert host == "triton" and port in services["triton"]["expose"]
+    assert "ports" not in services["triton"], "Triton has no authentication: its ports stay off the host"
+    debug = yaml.safe_load((DEPLOY / "docker-compose.debug.yml").read_text())["services"]
+    assert f"127.0.0.1:{port}:{port}" in debug["triton"]["ports"]
     assert f"{Settings(_env_file=None).port}:8080" in services["gateway"]["ports"]  # type: ignore[call-arg]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape}
@@ -111,7 +116,7 @@ def test_kubernetes_manifests_pass_schema_validation() -> None:
         env={**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == 7, result.stdout
+    assert result.stdout.count("passed") == 9, result.stdout
 
 
 def test_kubernetes_manifests_are_consistent() -> None:
@@ -135,3 +140,32 @@ def test_kubernetes_manifests_are_consistent() -> None:
         assert {p["targetPort"] for p in services[name]["spec"]["ports"]} <= port_names
     env = {e["name"]: e["value"] for e in deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GATEWAY_TRITON_URL"] == "triton:8001"
+
+
+def test_network_policies_let_only_the_gateway_reach_triton_grpc() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "network-policies.yaml").read_text()))
+    assert "network-policies.yaml" in yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())["resources"]
+    policies = {d["spec"]["podSelector"]["matchLabels"]["app"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies.keys() == {"triton", "gateway"}
+    triton_ports = {p["name"]: p["containerPort"] for p in _k8s_container_ports("triton")}
+
+    def rules(spec: dict) -> list[tuple[list, set[int]]]:  # type: ignore[type-arg]
+        assert spec["policyTypes"] == ["Ingress"]
+        return [(rule.get("from", []), {p["port"] for p in rule["ports"]}) for rule in spec["ingress"]]
+
+    triton_rules = rules(policies["triton"])
+    # gRPC from the gateway pods only; metrics from Prometheus only; nothing else (no HTTP port, no open rule).
+    assert ([{"podSelector": {"matchLabels": {"app": "gateway"}}}], {triton_ports["grpc"]}) in triton_rules
+    (prometheus,) = [peers for peers, ports in triton_rules if ports == {triton_ports["metrics"]}]
+    assert prometheus[0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert len(triton_rules) == 2 and all(peers for peers, _ in triton_rules)
+    # The gateway's HTTP port is open to all (clients, ingress controller, Prometheus).
+    assert rules(policies["gateway"]) == [([], {p["containerPort"] for p in _k8s_container_ports("gateway")})]
+    assert rules(policies["gateway"])[0][1] == {8080}
+
+
+def _k8s_container_ports(name: str) -> list[dict]:  # type: ignore[type-arg]
+    deployment = next(
+        d for d in yaml.safe_load_all((DEPLOY / "k8s" / f"{name}.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    return [p for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]

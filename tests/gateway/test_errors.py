@@ -147,3 +147,20 @@ def test_oversized_chunked_body_is_refused(small_body_client: TestClient) -> Non
     response = small_body_client.post("/qa", content=chunks(), headers={"content-type": "application/json"})
     _assert_error(response, 413, "payload_too_large")
     assert small_body_client.post("/qa", json={"question": "who?", "context": "Ada did."}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("route", "size"), [("/classify", (40000, 1)), ("/classify", (1, 40000)), ("/detect", (1, 4000))]
+)
+def test_extreme_aspect_ratio_is_422_before_decoding(client: TestClient, route: str, size: tuple[int, int]) -> None:
+    response = client.post(route, files={"file": ("a.png", _image("PNG", size), "image/png")})
+    _assert_error(response, 422, "unsupported_image_shape")
+    assert response.headers["x-request-id"]
+
+
+def test_image_over_the_whole_decoding_budget_is_413(settings: Settings) -> None:
+    tight = settings.model_copy(update={"image_decode_budget_bytes": 1000})
+    with TestClient(create_app(tight)) as test_client:
+        response = test_client.post("/detect", files={"file": ("a.png", _image("PNG", (32, 32)), "image/png")})
+        _assert_error(response, 413, "payload_too_large")
+        assert "budget" in response.json()["error"]["message"]

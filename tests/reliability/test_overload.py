@@ -20,7 +20,7 @@ import pytest
 
 from gateway import Settings, create_app
 from tests.conftest import triton_config
-from tests.reliability.conftest import metric_value, serve
+from tests.reliability.helpers import metric_value, serve
 from triton_local import TritonServer
 
 BURST = 48
@@ -121,7 +121,7 @@ def test_triton_queue_full_is_503_overloaded_and_not_retried(
     assert rejected and 200 in statuses, statuses
     for response in rejected:
         _assert_shed(response)
-        assert "Exceeds maximum queue size" in response.json()["error"]["message"]
+        assert "shed from the model's queue" in response.json()["error"]["message"]
     assert metric_value(metrics, "gateway_errors_total", route="/classify", code="overloaded") == len(rejected)
     assert metric_value(metrics, "gateway_errors_total", route="/classify", code="triton_unavailable") == 0
     assert not [r for r in caplog.records if "retrying" in r.getMessage()], "queue rejections must not be retried"

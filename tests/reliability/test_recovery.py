@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
 from tests.conftest import ROOT, free_port, triton_config
-from tests.reliability.conftest import metric_value
+from tests.reliability.helpers import metric_value
 from triton_local import TritonServer
 
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}

@@ -1,0 +1,149 @@
+"""One deadline per request, and cancellation of its work when the deadline passes or the client leaves.
+
+The client may ask for a deadline with ``X-Request-Timeout: <seconds>`` (a positive decimal
+number); without it the server default applies, and a larger value is cut to the server maximum.
+The deadline covers the whole request (body upload, every Triton call, post-processing). Triton
+calls read what is left of it from :data:`current` and send it as their gRPC deadline.
+
+When the deadline passes, or the client disconnects, before the response has started, the route's
+work is cancelled: a ``tritonclient.grpc.aio`` call in flight is cancelled with it (its RPC is
+cancelled, so Triton drops the request or the model answers it as cancelled), and the calls not
+yet made are never made. The deadline is answered with 504 ``upstream_timeout``; a disconnected
+client gets nothing. Both are counted in ``gateway_cancelled_requests_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import math
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway._asgi import send_json_error
+from gateway.metrics import Metrics
+
+HEADER = "x-request-timeout"
+# Paths whose work is never bounded or cancelled here (cheap, and probes must not be cut).
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/models", "/openapi.json", "/docs"})
+
+current: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+"""The request's deadline on the ``time.monotonic()`` clock; None outside a request."""
+
+
+def remaining() -> float | None:
+    """Seconds left before the current request's deadline (may be negative); None without one."""
+    deadline = current.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def parse_timeout(value: str | None, default_s: float, max_s: float) -> float:
+    """The request's timeout in seconds from the header value; ValueError when it is not valid."""
+    if value is None:
+        return min(default_s, max_s)
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{HEADER} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{HEADER} must be a positive number of seconds, got {value!r}")
+    return min(seconds, max_s)
+
+
+class RequestDeadline:
+    """ASGI middleware: bind the request's deadline, and cancel its work past it or on disconnect.
+
+    Args:
+        app: the wrapped ASGI app.
+        metrics: the app's metrics (``cancelled`` counter).
+        default_s: deadline of a request that sends no ``X-Request-Timeout``.
+        max_s: longest deadline a client may ask for (larger values are cut to it).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, default_s: float, max_s: float) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.default_s = default_s
+        self.max_s = max_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == HEADER.encode()), None)
+        try:
+            timeout_s = parse_timeout(header, self.default_s, self.max_s)
+        except ValueError as exc:
+            await send_json_error(send, 400, "invalid_request_timeout", str(exc))
+            return
+        token = current.set(time.monotonic() + timeout_s)
+        try:
+            await self._run(scope, receive, send, timeout_s)
+        finally:
+            current.reset(token)
+
+    def _count(self, scope: Scope, reason: str) -> None:
+        route = getattr(scope.get("route"), "path", None) or scope["path"]
+        self.metrics.cancelled.labels(route, reason).inc()
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, timeout_s: float) -> None:
+        started = False
+        status = 0
+        body_done = asyncio.Event()
+        disconnected = asyncio.Event()
+
+        async def app_receive() -> Message:
+            if body_done.is_set():
+                # The body has been read: the next message can only be the disconnect, which
+                # the watcher below takes; hand the app the same answer when it comes.
+                await disconnected.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+            elif message["type"] == "http.request" and not message.get("more_body", False):
+                body_done.set()
+            return message
+
+        async def app_send(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+            await send(message)
+
+        async def watch_disconnect() -> None:
+            await body_done.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        work = asyncio.ensure_future(self.app(scope, app_receive, app_send))
+        watcher = asyncio.ensure_future(watch_disconnect())
+        gone = asyncio.ensure_future(disconnected.wait())
+        try:
+            done, _ = await asyncio.wait({work, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                work.result()
+                if status == 504:
+                    # A Triton call hit the deadline first: gRPC cancelled it, and the route gave up.
+                    self._count(scope, "deadline")
+                return
+            reason = "client_disconnect" if gone in done else "deadline"
+            if started:
+                # The answer is already on its way: let it finish (a streamed body is not cut).
+                await work
+                return
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            self._count(scope, reason)
+            if reason == "deadline":
+                await send_json_error(send, 504, "upstream_timeout", f"the request's {timeout_s:g}s deadline passed")
+        finally:
+            for task in (work, watcher, gone):
+                task.cancel()
+            for task in (work, watcher, gone):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

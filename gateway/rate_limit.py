@@ -1,0 +1,103 @@
+"""ASGI middleware: a token bucket per client; an empty bucket answers 429 before the body is read.
+
+A client is its API key (``key:<index>``, set by :mod:`gateway.auth`) when keys are configured,
+else its IP address as the ASGI server reports it (behind a proxy, configure uvicorn's
+``--forwarded-allow-ips`` so that is the real client). Each bucket holds up to ``burst`` tokens
+and refills at ``rate`` per second; a request takes one. Without a token the client gets 429
+``rate_limited`` with ``Retry-After``: the whole seconds until a token is back.
+
+The bucket table is bounded: past ``max_clients`` the least recently seen client's bucket is
+dropped (it starts full again if that client returns). Everything runs on the one event loop, so
+no locks are needed. The probes (``/healthz``, ``/readyz``) are never limited.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway._asgi import send_json_error
+from gateway.auth import CLIENT_KEY
+from gateway.errors import RateLimited
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class TokenBuckets:
+    """Token buckets by client, at most ``max_clients`` of them (least recently used dropped).
+
+    Args:
+        rate: tokens added per second to each bucket (> 0).
+        burst: bucket capacity (>= 1); a new client starts full.
+        max_clients: most buckets kept.
+        clock: monotonic seconds (injected in tests).
+    """
+
+    def __init__(self, rate: float, burst: int, max_clients: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError(f"need rate > 0, burst >= 1, max_clients >= 1 (got {rate}, {burst}, {max_clients})")
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, when)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __contains__(self, client: object) -> bool:
+        return client in self._buckets
+
+    def take(self, client: str) -> float:
+        """Take one token from ``client``'s bucket: 0.0 when granted, else the seconds until one is back."""
+        now = self.clock()
+        state = self._buckets.get(client)
+        if state is None:
+            tokens = float(self.burst)
+            if len(self._buckets) >= self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            tokens, last = state
+            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)
+            self._buckets.move_to_end(client)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+def client_of(scope: Scope) -> str:
+    """The rate-limited identity: the API key's index when authenticated, else the peer's IP."""
+    if CLIENT_KEY in scope:
+        return str(scope[CLIENT_KEY])
+    peer = scope.get("client")
+    return f"ip:{peer[0]}" if peer else "ip:unknown"
+
+
+class RateLimit:
+    """Args:
+    app: the wrapped ASGI app.
+    buckets: the clients' token buckets.
+    """
+
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        wait = self.buckets.take(client_of(scope))
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            message = f"rate limit exceeded; retry after {retry_after}s"
+            headers = [(b"retry-after", str(retry_after).encode())]
+            await send_json_error(send, RateLimited.status_code, RateLimited.code, message, headers)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,91 @@
+"""Image decoding and resizing: bounded intermediates, shape limits, and the served path equal to the array path."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape
+from gateway.processing.images import (
+    decode_bytes_per_pixel,
+    decode_image,
+    letterbox,
+    load_image,
+    read_header,
+    resize_center_crop,
+)
+
+_RNG = np.random.default_rng(0)
+_BASE = Image.fromarray(_RNG.integers(0, 256, (61, 93, 3), dtype=np.uint8))
+
+
+def _encode(image: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+_MODES = {
+    "rgb-png": _encode(_BASE),
+    "rgb-jpeg": _encode(_BASE, "JPEG"),
+    "rgb-webp": _encode(_BASE, "WEBP"),
+    "grey": _encode(_BASE.convert("L")),
+    "bilevel": _encode(_BASE.convert("1")),
+    "palette": _encode(_BASE.convert("P")),
+    "rgba": _encode(_BASE.convert("RGBA")),
+    "grey-alpha": _encode(_BASE.convert("LA")),
+    "grey-16": _encode(Image.fromarray(_RNG.integers(0, 65535, (61, 93)).astype(np.uint16))),
+    "cmyk-jpeg": _encode(_BASE.convert("CMYK"), "JPEG"),
+    "tall-grey": _encode(_BASE.convert("L").resize((9, 170))),
+}
+
+
+@pytest.mark.parametrize("data", list(_MODES.values()), ids=list(_MODES))
+def test_the_served_path_equals_the_array_path(data: bytes) -> None:
+    """The tasks resize ``load_image``'s PIL image (grey stays one byte a pixel until resized); tests and
+    references resize ``decode_image``'s RGB array. Both must give the same model input."""
+    image = load_image(data, 10**6)
+    assert image.mode in ("RGB", "L")
+    array = decode_image(data, 10**6)
+    assert array.shape == (image.height, image.width, 3)
+    assert np.array_equal(resize_center_crop(image, 32, 28), resize_center_crop(array, 32, 28))
+    served, served_box = letterbox(image, 64)
+    reference, reference_box = letterbox(array, 64)
+    assert np.array_equal(served, reference) and served_box == reference_box
+
+
+@pytest.mark.parametrize(("width", "height"), [(40000, 1), (1, 40000), (1, 1), (3, 2000)])
+def test_extreme_shapes_give_model_sized_outputs(width: int, height: int) -> None:
+    """No intermediate grows with the aspect ratio: 40000x1 used to be resized to 10240000x256 first."""
+    image = Image.new("L", (width, height), 200)
+    crop = resize_center_crop(image, 256, 224)
+    assert crop.shape == (224, 224, 3) and (crop == 200).all()
+    canvas, box = letterbox(image, 640)
+    assert canvas.shape == (640, 640, 3)
+    assert (box.width, box.height) == (width, height)
+    assert (canvas == 200).sum() >= 3  # at least one pixel of the image survives, never 0 wide
+
+
+def test_aspect_ratio_limit_is_checked_from_the_header() -> None:
+    wide = _encode(Image.new("RGB", (210, 10)))
+    assert read_header(wide, 10**6, 21.0).width == 210
+    with pytest.raises(UnsupportedImageShape) as raised:
+        read_header(wide, 10**6, 20.0)
+    assert raised.value.status_code == 422 and raised.value.code == "unsupported_image_shape"
+    with pytest.raises(UnsupportedImageShape):
+        load_image(_encode(Image.new("RGB", (10, 210))), 10**6, 20.0)
+    assert load_image(wide, 10**6, 0.0).size == (210, 10)  # 0: no limit
+
+
+def test_header_checks_refuse_before_decoding() -> None:
+    header = read_header(_MODES["bilevel"], 10**6)
+    assert (header.format, header.mode, header.width, header.height) == ("PNG", "1", 93, 61)
+    assert header.decode_bytes == 93 * 61 * decode_bytes_per_pixel("1")
+    assert decode_bytes_per_pixel("1") < decode_bytes_per_pixel("P") < decode_bytes_per_pixel("RGB")
+    with pytest.raises(PayloadTooLarge):
+        read_header(_MODES["rgb-png"], 93 * 61 - 1)
+    with pytest.raises(InvalidImage):
+        read_header(b"", 10**6)
