@@ -100,6 +100,7 @@ class Overloaded(GatewayError):
     """Args:
     message: what was refused.
     retry_after_s: the ``Retry-After`` given to the client.
+    detail: logged only, never sent (e.g. Triton's own text).
     """
 
     status_code = 503
