@@ -81,6 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.create(settings, metrics)
         app.state.services = services
+        if services.prober is not None:
+            services.prober.start()
         LOGGER.info(
             "gateway up: Triton %s, models %s",
             settings.triton_url,

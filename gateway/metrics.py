@@ -72,6 +72,13 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        # Health probes (gateway.health): counted apart from user traffic.
+        self.probes = Counter(
+            "gateway_probes", "Probe inferences by model and result (ok, fail)", ["model", "result"], registry=r
+        )
+        self.probe_latency = Histogram(
+            "gateway_probe_seconds", "Probe inference time", ["model"], registry=r, buckets=_LATENCY_BUCKETS
+        )
 
 
 def error_code(body: bytes) -> str:

@@ -69,6 +69,7 @@ class ClassifyResponse(BaseModel):
 
 class ModelStatus(ModelInfo):
     ready: bool
+    reason: str | None = Field(default=None, description="why the model cannot serve; null when ready")
 
 
 class ModelsResponse(BaseModel):

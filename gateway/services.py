@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.catalog import ModelInfo, read_model_info
 from gateway.errors import UnknownModel
+from gateway.health import ModelHealth, Prober
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -24,12 +25,16 @@ class Services:
     qa: the QA pipeline.
     detect: the detection pipeline.
     classify: classification pipelines by model name; the first is the default.
+    health: whether each served model can serve (probes and real requests).
+    prober: the background probe inferences feeding ``health``; started by the app's lifespan.
     """
 
     client: TritonClient
     qa: QATask
     detect: DetectTask
     classify: dict[str, ClassifyTask]
+    health: ModelHealth = dataclasses.field(default_factory=lambda: ModelHealth([]))
+    prober: Prober | None = None
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics) -> Services:
@@ -40,7 +45,7 @@ class Services:
         def info(name: str, task: str) -> ModelInfo:
             return read_model_info(repo, name, task)
 
-        return cls(
+        services = cls(
             client=client,
             qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
             detect=DetectTask(info(settings.detect_model, "detect"), client, metrics, settings, budget),
@@ -49,6 +54,15 @@ class Services:
                 for name in settings.classify_models
             },
         )
+        services.health = client.health = ModelHealth([m.name for m in services.models])
+        services.prober = Prober(
+            services.health,
+            client.probe,
+            metrics,
+            settings.health_probe_interval_s,
+            settings.health_probe_timeout_s,
+        )
+        return services
 
     @property
     def tasks(self) -> list[Task[Any, Any, Any]]:
@@ -69,6 +83,8 @@ class Services:
             ) from None
 
     async def close(self) -> None:
+        if self.prober is not None:
+            await self.prober.stop()
         for task in self.tasks:
             await task.close()
         await self.client.close()

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
             ``min_reconnect_backoff_ms``; its default is 20 s).
         shutdown_timeout_s: on SIGTERM, how long in-flight requests may drain before they are
             cancelled and the process exits (uvicorn ``timeout_graceful_shutdown``).
+        health_probe_interval_s: pause between rounds of probe inferences (one tiny inference per
+            served model, one model at a time); a model that fails its probe, or a real request
+            with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
+            until it serves again. 0 disables the prober (real requests still count).
+        health_probe_timeout_s: deadline of one probe inference (a slower answer counts as a failure).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -154,3 +159,5 @@ class Settings(BaseSettings):
     triton_reconnect_backoff_max_s: float = 1.0
     triton_connect_timeout_s: float = 1.0
     shutdown_timeout_s: int = 10
+    health_probe_interval_s: float = 10.0
+    health_probe_timeout_s: float = 5.0

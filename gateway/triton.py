@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
+from gateway.health import ModelHealth, cannot_serve
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
@@ -83,6 +84,9 @@ class TritonClient:
                 ("grpc.min_reconnect_backoff_ms", ms(connect_timeout_s)),
             ],
         )
+        # Fed by every inference: a model that fails because it cannot serve, or serves again.
+        self.health: ModelHealth | None = None
+        self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClient:
@@ -165,14 +169,21 @@ class TritonClient:
                 )
 
             try:
-                result = await self._call(f"inference on {model}", call)
+                try:
+                    result = await self._call(f"inference on {model}", call)
+                except InferenceFailed as exc:
+                    # A restarted Triton has forgotten the regions: register them again, once.
+                    if regions is None or shm_output is None or "shared memory" not in exc.detail:
+                        raise
+                    if not await regions.reregister(self._client):
+                        raise
+                    result = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
-                # A restarted Triton has forgotten the regions: register them again, once.
-                if regions is None or shm_output is None or "shared memory" not in exc.detail:
-                    raise
-                if not await regions.reregister(self._client):
-                    raise
-                result = await self._call(f"inference on {model}", call)
+                if self.health is not None and cannot_serve(exc.detail):
+                    self.health.record(model, False, exc.detail)
+                raise
+            if self.health is not None:
+                self.health.record(model, True)
             arrays = {}
             for name in outputs:
                 if name == shm_output and regions is not None and region is not None:
@@ -201,6 +212,42 @@ class TritonClient:
 
     async def max_batch_size(self, model: str) -> int:
         return int((await self._model_config(model)).get("max_batch_size", 0))
+
+    async def probe(self, model: str, timeout_s: float) -> None:
+        """One tiny real inference (zeros of each input, batch 1; the first output only), no retry.
+
+        Raises the narrow :mod:`gateway.errors` leaf of the failure.
+        """
+        if model not in self._probe_inputs:
+            config = await self._model_config(model)
+            batched = int(config.get("max_batch_size", 0)) > 0
+            specs = [
+                (
+                    i["name"],
+                    ([1] if batched else []) + [max(int(d), 1) for d in i["dims"]],
+                    i["data_type"].removeprefix("TYPE_"),
+                )
+                for i in config["input"]
+            ]
+            self._probe_inputs[model] = (specs, config["output"][0]["name"])
+        specs, output = self._probe_inputs[model]
+        inputs = []
+        for name, shape, datatype in specs:
+            tensor = grpcclient.InferInput(name, shape, datatype)
+            tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(output)]
+        try:
+            await self._client.infer(model, inputs, outputs=outputs, request_id="probe", client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            self._probe_inputs.pop(model, None)  # a reloaded model may have a new config
+            if exc.status() == _UNAVAILABLE:
+                # /readyz shows the message: no internal address in it (the detail is for logs).
+                detail = f"Triton at {self.url}: {exc.message()}"
+                raise TritonUnavailable("the inference server is unavailable", detail) from exc
+            if exc.status() == _DEADLINE:
+                raise UpstreamTimeout(f"probe of {model} took longer than {timeout_s}s") from exc
+            raise InferenceFailed(f"probe of {model} failed: {exc.message()}") from exc
 
     async def server_ready(self) -> bool:
         try:

@@ -4,6 +4,6 @@ The wheel is used only as a carrier for the binary and the Python backend;
 the models served are plain Triton Python-backend models from ``triton_repo/``.
 """
 
-from triton_local.server import TritonServer, TritonServerConfig, TritonServerError
+from triton_local.server import StubProcess, TritonServer, TritonServerConfig, TritonServerError
 
-__all__ = ["TritonServer", "TritonServerConfig", "TritonServerError"]
+__all__ = ["StubProcess", "TritonServer", "TritonServerConfig", "TritonServerError"]

@@ -1,4 +1,10 @@
-"""CLI: ``python -m triton_local --model-repository triton_repo``; Ctrl-C stops the server."""
+"""CLI: ``python -m triton_local --model-repository triton_repo``; Ctrl-C stops the server.
+
+The server is supervised (a model whose stub died is reloaded, a dead server restarted)
+unless ``--no-heal``. ``python -m triton_local probe --http-url URL [--model M ...]`` exits 0
+only when every model (all loaded ones by default) answers a probe inference: a health check
+for Compose and a Kubernetes liveness probe.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import logging
 import pathlib
 import signal
 import sys
+import threading
 
+from triton_local.heal import HealConfig, Supervisor
+from triton_local.probe import probe_all
 from triton_local.server import TritonServer, TritonServerConfig, TritonServerError
 
 
@@ -15,7 +24,42 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def probe_main(argv: list[str]) -> int:
+    """``probe``: 0 when every model answers a probe inference, 1 otherwise (each result on stderr)."""
+    parser = argparse.ArgumentParser(prog="python -m triton_local probe", description=probe_main.__doc__)
+    parser.add_argument("--http-url", default="http://127.0.0.1:8000", help="Triton's HTTP endpoint")
+    parser.add_argument("--model", action="append", default=[], help="model to probe (repeatable; default: all loaded)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each probe inference, seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log = logging.getLogger("triton_local.probe")
+    results = probe_all(args.http_url.rstrip("/"), args.model, args.timeout)
+    for r in results:
+        if r.ok:
+            log.info("%s: ok (%.0f ms)", r.model, r.seconds * 1000)
+        else:
+            log.error("%s: FAILED (%.0f ms): %s", r.model, r.seconds * 1000, r.error)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _serve_healing(server: TritonServer, heal: HealConfig) -> int:
+    stop = threading.Event()
+    supervisor = Supervisor(server, heal)
+    thread = threading.Thread(target=supervisor.run, args=(stop,), name="triton-heal", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"]:
+        return probe_main(argv[1:])
     parser = argparse.ArgumentParser(description="Run the real tritonserver from the nvidia-pytriton wheel")
     parser.add_argument("--model-repository", type=pathlib.Path, default=pathlib.Path("triton_repo"))
     parser.add_argument("--host", default="127.0.0.1")
@@ -25,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=pathlib.Path, default=None)
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--no-heal", dest="heal", action="store_false", help="do not reload dead models or restart a dead server"
+    )
+    parser.add_argument("--heal-interval", type=float, default=1.0, help="seconds between stub-process checks")
+    parser.add_argument("--probe-interval", type=float, default=10.0, help="seconds between probe inferences (0: off)")
+    parser.add_argument("--probe-timeout", type=float, default=10.0, help="deadline of one probe inference")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TritonServerConfig(
@@ -44,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         with server:
+            if args.heal:
+                heal = HealConfig(
+                    interval_s=args.heal_interval,
+                    probe_interval_s=args.probe_interval,
+                    probe_timeout_s=args.probe_timeout,
+                )
+                return _serve_healing(server, heal)
             return server.wait()
     except KeyboardInterrupt:
         return 0

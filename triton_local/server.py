@@ -1,15 +1,20 @@
 """The tritonserver subprocess as a context manager.
 
 Start it, wait for readiness with a deadline, stop it with SIGINT and then SIGKILL.
+Each server gets its own Python-backend shared-memory prefix, so that its ``/dev/shm``
+segments (leaked by a dead stub or a model reload) can be removed after it stops without
+touching any other server's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import os
 import pathlib
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +53,12 @@ class TritonServerConfig:
         log_verbose: tritonserver ``--log-verbose`` level.
         log_file: where the server's stdout/stderr go; inherited from this process when None.
         extra_args: further command-line arguments passed to tritonserver verbatim.
+        model_control_mode: ``explicit`` (all models loaded at start, and one model can be
+            reloaded through the repository API, which respawns a dead stub) or ``none``.
+        dead_stub_shutdown_timeout_s: the wait after SIGINT instead of ``shutdown_timeout_s``
+            when a model's stub process is dead: tritonserver then waits out its whole exit
+            timeout (30 s) for that model, so it is killed sooner.
+        shm_prefix: Python-backend shared-memory prefix; a unique one per server when None.
     """
 
     model_repository: pathlib.Path
@@ -61,6 +72,9 @@ class TritonServerConfig:
     log_verbose: int = 0
     log_file: pathlib.Path | None = None
     extra_args: tuple[str, ...] = ()
+    model_control_mode: str = "explicit"
+    dead_stub_shutdown_timeout_s: float = 5.0
+    shm_prefix: str | None = None
 
 
 def _pytriton_root() -> pathlib.Path:
@@ -97,14 +111,63 @@ def prepare_backend_dir(work_dir: pathlib.Path) -> pathlib.Path:
     return backend_dir
 
 
+@dataclasses.dataclass(frozen=True)
+class StubProcess:
+    """A live Python-backend stub process of one model instance.
+
+    Args:
+        pid: its process id.
+        model: the Triton model it serves.
+        instance: the model instance name (``<model>_<group>_<index>``).
+    """
+
+    pid: int
+    model: str
+    instance: str
+
+
+def _children(parent: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose parent is ``parent``, from /proc."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and int(fields[1]) == parent:
+            found.append((int(entry.name), fields[0]))
+    return found
+
+
+def _stub(pid: int) -> StubProcess | None:
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    args = [a.decode(errors="replace") for a in argv if a]
+    # triton_python_backend_stub <repo>/<model>/<version>/model.py <shm region> ... <instance> <device>
+    if len(args) < 10 or not args[0].endswith("triton_python_backend_stub"):
+        return None
+    return StubProcess(pid=pid, model=pathlib.Path(args[1]).parent.parent.name, instance=args[-2])
+
+
 class TritonServer:
     """A running tritonserver; use as ``with TritonServer(config) as server: ...``."""
 
     def __init__(self, config: TritonServerConfig) -> None:
         self.config = config
+        self.shm_prefix = config.shm_prefix or f"triton_local_{os.getpid()}_{secrets.token_hex(4)}_"
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._log: IO[bytes] | None = None
+        # Model instance name -> model, for every stub seen alive (to tell when one is gone).
+        self._instances: dict[str, str] = {}
+        # A stub of this server died: its model object never unloads, so shutdown would hang.
+        self._stub_died = False
 
     @property
     def http_url(self) -> str:
@@ -141,6 +204,9 @@ class TritonServer:
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={cfg.log_verbose}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--model-control-mode={cfg.model_control_mode}",
+            *(["--load-model=*"] if cfg.model_control_mode == "explicit" else []),
             *cfg.extra_args,
         ]
 
@@ -177,8 +243,9 @@ class TritonServer:
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout else None,
             # A parent started in the background by a shell ignores SIGINT, and children inherit
-            # that; restore the default so stop()'s SIGINT always reaches tritonserver.
-            preexec_fn=_default_sigint,  # noqa: PLW1509
+            # that; restore the default so stop()'s SIGINT always reaches tritonserver. Only then:
+            # a preexec_fn forces a full fork(), unsafe while other threads (gRPC clients) run.
+            preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,  # noqa: PLW1509
         )
         try:
             self.wait_ready(self.config.startup_timeout_s)
@@ -201,6 +268,7 @@ class TritonServer:
                 raise TritonServerError(f"tritonserver exited with code {code} before becoming ready{self._log_tail()}")
             if self.is_ready():
                 LOGGER.info("tritonserver ready at %s (gRPC %s)", self.http_url, self.grpc_url)
+                self.dead_models()  # record the stubs now alive
                 return
             time.sleep(0.5)
         raise TritonServerError(f"tritonserver not ready after {timeout_s:.0f}s{self._log_tail()}")
@@ -214,17 +282,73 @@ class TritonServer:
             f.seek(max(0, path.stat().st_size - max_bytes))
             return "; log ends:\n" + f.read().decode(errors="replace")
 
+    def stub_processes(self) -> list[StubProcess]:
+        """The live Python-backend stubs of this server (children that are not zombies)."""
+        pid = self.pid
+        if pid is None:
+            return []
+        stubs = (_stub(child) for child, state in _children(pid) if state not in ("Z", "X"))
+        return [s for s in stubs if s is not None]
+
+    def dead_models(self) -> list[str]:
+        """Models with an instance whose stub was seen alive and now has no live process."""
+        live = {s.instance: s.model for s in self.stub_processes()}
+        dead = {model for instance, model in self._instances.items() if instance not in live}
+        self._instances.update(live)
+        self._stub_died = self._stub_died or bool(dead)
+        return sorted(dead)
+
+    def _repository(self, path: str, timeout_s: float) -> bytes:
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/{path}", data=b"{}", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            return response.read()  # type: ignore[no-any-return]
+
+    def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
+        """Unload ``model``, then load it again at once (explicit model control only).
+
+        A plain ``load`` of an unchanged, loaded model is a no-op in Triton 2.51 (and a load with
+        the same config reuses the instances), so a dead stub stays dead; after an unload, the
+        load starts fresh instances with new stub processes. The old model object (holding the
+        dead stub) never finishes unloading (measured: still ``UNLOADING`` after 10 s), so the
+        load does not wait for it; that lingering object is why :meth:`stop` then waits less.
+        """
+        try:
+            self._repository(f"models/{model}/unload", timeout_s)
+            self._repository(f"models/{model}/load", timeout_s)
+        except (urllib.error.URLError, OSError) as exc:
+            raise TritonServerError(f"reloading {model} failed: {exc}") from exc
+
+    def shm_segments(self) -> list[pathlib.Path]:
+        """This server's Python-backend segments in /dev/shm (exactly its prefix; no one else's)."""
+        return sorted(pathlib.Path("/dev/shm").glob(f"{self.shm_prefix}*"))  # noqa: S108
+
     def stop(self) -> None:
-        process, self._process = self._process, None
+        process = self._process
+        if process is not None:
+            self.dead_models()
+        stubs = self.stub_processes()
+        self._process = None
         if process is not None and process.poll() is None:
-            LOGGER.info("stopping tritonserver (SIGINT)")
+            died = self._stub_died
+            timeout = self.config.dead_stub_shutdown_timeout_s if died else self.config.shutdown_timeout_s
+            LOGGER.info("stopping tritonserver (SIGINT)%s", "; a stub process died, waiting less" if died else "")
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=self.config.shutdown_timeout_s)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                LOGGER.warning("tritonserver ignored SIGINT for %.0fs; killing", self.config.shutdown_timeout_s)
+                LOGGER.warning("tritonserver ignored SIGINT for %.0fs; killing", timeout)
                 process.kill()
                 process.wait()
+        # Stubs exit on their own once tritonserver is gone; make sure of it (they are ours).
+        for stub in stubs:
+            with contextlib.suppress(ProcessLookupError):
+                if _stub(stub.pid) == stub:
+                    os.kill(stub.pid, signal.SIGKILL)
+        for segment in self.shm_segments():
+            LOGGER.info("removing leftover shared memory %s", segment)
+            segment.unlink(missing_ok=True)
+        self._instances.clear()
+        self._stub_died = False
         if self._log is not None:
             self._log.close()
             self._log = None
