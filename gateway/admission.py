@@ -15,8 +15,8 @@ latency grows for everyone until requests hit the inference deadline. Two bounds
   already over it and new requests of that key are shed too.
 
 A key with nothing in flight is always admitted, so an estimate made during a stall is corrected
-by the next request. Only answers that measured real work (2xx, and 504 upstream timeouts) feed
-the estimate. Health, readiness and metrics are never shed.
+by the next request. Only answers that measured real work (2xx) feed the estimate. Health,
+readiness and metrics are never shed.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class AdmissionControl:
         return max(predicted, oldest_age) - self.latency_budget_s
 
     def _record(self, key: str, state: _KeyState, ahead: int, elapsed_s: float, status: int) -> None:
-        if 200 <= status < 300 or status == 504:
+        if 200 <= status < 300:  # not 504: a deadline measures the deadline, and would poison the estimate
             sample = elapsed_s / (ahead + 1)
             previous = state.service_s
             state.service_s = sample if previous is None else previous + self.ewma_alpha * (sample - previous)
