@@ -128,7 +128,7 @@ def create_app(settings: Settings) -> FastAPI:
         default_s=settings.request_timeout_s,
         max_s=settings.max_request_timeout_s,
     )
-    app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight)
+    app.add_middleware(AdmissionControl, max_inflight=settings.max_inflight, latency_budget_s=settings.latency_budget_s)
     app.add_middleware(
         BufferedBody,
         max_bytes=settings.max_body_bytes,

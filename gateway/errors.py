@@ -19,8 +19,10 @@ Exception tree::
     │                                (answered by gateway.rate_limit, before any route)
     ├── Overloaded                   503 overloaded (+ Retry-After): the gateway's own bounds are full:
     │                                uploads in progress (gateway.body_limit) or the image decoding
-    │                                budget (gateway.image_budget); gateway.admission answers the same
-    │                                code itself, before any route
+    │                                budget (gateway.image_budget), or Triton shedding from a model's
+    │                                queue, full or timed out in it (gateway.triton; never retried);
+    │                                gateway.admission answers the same code itself, before any route,
+    │                                also by its latency budget
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
         ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
@@ -95,11 +97,17 @@ class HeadersTooLarge(RequestError):
 
 
 class Overloaded(GatewayError):
+    """Args:
+    message: what was refused.
+    retry_after_s: the ``Retry-After`` given to the client.
+    detail: logged only, never sent (e.g. Triton's own text).
+    """
+
     status_code = 503
     code = "overloaded"
 
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: int = 1, detail: str = "") -> None:
+        super().__init__(message, detail)
         self.headers["Retry-After"] = str(retry_after_s)
 
 

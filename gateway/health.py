@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Overloaded
 from gateway.metrics import Metrics
 
 LOGGER = logging.getLogger(__name__)
@@ -113,6 +113,10 @@ class Prober:
             start = time.perf_counter()
             try:
                 await asyncio.wait_for(self.probe(model, self.timeout_s), self.timeout_s + 1.0)
+            except Overloaded:
+                # Shed by Triton's queue policy: the model is busy, not dead; its state stays as it was
+                # (else an overloaded gateway would also turn not-ready and be taken out of rotation).
+                result = "overloaded"
             except (GatewayError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, GatewayError) else f"probe took over {self.timeout_s}s"
                 self.health.record(model, False, reason, source="probe")

@@ -5,6 +5,7 @@ Each app gets its own registry so several apps (tests) can live in one process.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+_ERROR_BODY_LIMIT = 64 * 1024  # error bodies are small JSON; past this the code is "unknown"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -58,6 +60,12 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )
+        self.errors = Counter(
+            "gateway_errors",
+            "Error answers (4xx/5xx) by route and JSON error code (e.g. overloaded, triton_unavailable)",
+            ["route", "code"],
+            registry=r,
+        )
         self.cancelled = Counter(
             "gateway_cancelled_requests",
             "Requests whose work was cancelled, by route and reason (deadline, client_disconnect)",
@@ -73,12 +81,23 @@ class Metrics:
         )
 
 
+def error_code(body: bytes) -> str:
+    """The ``error.code`` of the gateway's JSON error body, else ``unknown``."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+    return code if isinstance(code, str) else "unknown"
+
+
 class RequestMetrics:
     """ASGI middleware counting every HTTP answer by route and status, and timing it.
 
     Installed outside admission control and the body limit, so shed (503) and refused (413)
     requests are counted too. The route label is the matched route's template, else the path
     when it is one of the app's own paths, else ``unmatched`` (bounded label cardinality).
+    Error answers are also counted by their JSON error code (``gateway_errors_total``), which
+    tells a shed request (``overloaded``) from an outage (``triton_unavailable``).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: Callable[[], set[str]]) -> None:
@@ -92,11 +111,14 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = 500
+        body = bytearray()
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400 and len(body) <= _ERROR_BODY_LIMIT:
+                body.extend(message.get("body", b""))
             await send(message)
 
         try:
@@ -106,6 +128,9 @@ class RequestMetrics:
             if route is None:
                 route = scope["path"] if scope["path"] in self.known_paths() else "unmatched"
             self.metrics.requests.labels(route, str(status)).inc()
+            if status >= 400:
+                code = error_code(bytes(body)) if len(body) <= _ERROR_BODY_LIMIT else "unknown"
+                self.metrics.errors.labels(route, code).inc()
             self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)
 
 

@@ -134,4 +134,5 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # A partial of a module-level class stays picklable (uvicorn's worker processes are spawned).
         "http": functools.partial(GatewayH11Protocol, header_timeout_s=settings.header_timeout_s),
         "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,  # SIGTERM: drain at most this long
     }

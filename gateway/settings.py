@@ -81,6 +81,17 @@ class Settings(BaseSettings):
         rate_limit_max_clients: most buckets tracked; past it the least recently seen is dropped.
         metrics_port: serve ``/metrics`` on this port (same host, no API key) instead of the main
             one, whose ``/metrics`` then answers 404; None: on the main port.
+        latency_budget_s: shed a task request (503 ``overloaded`` with Retry-After) when its predicted
+            latency, the measured per-request service time of its route and model times the
+            requests ahead of it, is over this, or while the oldest request of that route and model
+            has been in flight longer than this (0: no latency shedding; ``max_inflight`` still applies).
+        triton_reconnect_backoff_initial_s, triton_reconnect_backoff_max_s: gRPC reconnect back-off
+            to Triton after a lost connection, first and largest (gRPC's own defaults, 1 s and
+            120 s, kept the gateway failing for up to two minutes after Triton was back).
+        triton_connect_timeout_s: deadline of one gRPC connection attempt (gRPC's
+            ``min_reconnect_backoff_ms``; its default is 20 s).
+        shutdown_timeout_s: on SIGTERM, how long in-flight requests may drain before they are
+            cancelled and the process exits (uvicorn ``timeout_graceful_shutdown``).
         health_probe_interval_s: pause between rounds of probe inferences (one tiny inference per
             served model, one model at a time); a model that fails its probe, or a real request
             with a "cannot serve" error (dead stub, model not loaded), makes ``/readyz`` answer 503
@@ -154,6 +165,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=20, ge=1)
     rate_limit_max_clients: int = Field(default=10_000, ge=1)
     metrics_port: int | None = None
+    latency_budget_s: float = 5.0
+    triton_reconnect_backoff_initial_s: float = 0.1
+    triton_reconnect_backoff_max_s: float = 1.0
+    triton_connect_timeout_s: float = 1.0
+    shutdown_timeout_s: int = 10
     health_probe_interval_s: float = 10.0
     health_probe_timeout_s: float = 5.0
     health_probe_retry_interval_s: float = 1.0

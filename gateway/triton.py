@@ -2,7 +2,13 @@
 
 Retries only ``UNAVAILABLE`` (Triton restarting or not yet listening), with exponential
 back-off, so that a request in flight survives a short outage; every other failure maps to a
-narrow :mod:`gateway.errors` leaf at once.
+narrow :mod:`gateway.errors` leaf at once. Triton also answers ``UNAVAILABLE`` when it sheds a
+request from a model's queue (``default_queue_policy`` in ``config.pbtxt``: queue full, or timed
+out in the queue); that is overload, not an outage, so it maps to 503 ``overloaded`` and is never
+retried (a retry would only add to the queue).
+
+The channel's reconnect back-off is capped (settings), so after an outage the gateway reconnects
+within about a second of Triton being ready instead of gRPC's default of up to two minutes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from gateway import deadline
-from gateway.errors import InferenceFailed, TritonUnavailable, UpstreamTimeout
+from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth, cannot_serve
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
@@ -28,6 +34,13 @@ LOGGER = logging.getLogger(__name__)
 _UNAVAILABLE = "StatusCode.UNAVAILABLE"
 _DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
 _MAX_MESSAGE = 2**31 - 1
+# What Triton's dynamic batcher says when its queue policy sheds a request (also UNAVAILABLE).
+QUEUE_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
+
+
+def is_queue_rejection(message: str) -> bool:
+    """Whether an ``UNAVAILABLE`` message is Triton shedding from a model queue, not an outage."""
+    return any(text in message for text in QUEUE_REJECTIONS)
 
 
 class TritonClient:
@@ -38,18 +51,37 @@ class TritonClient:
         timeout_s: deadline of each call.
         retries: extra attempts after ``UNAVAILABLE``.
         backoff_s: first back-off; doubles per retry.
+        reconnect_backoff_initial_s: first gRPC reconnect back-off after the connection is lost.
+        reconnect_backoff_max_s: largest gRPC reconnect back-off.
+        connect_timeout_s: deadline of one connection attempt (gRPC ``min_reconnect_backoff_ms``).
     """
 
-    def __init__(self, url: str, timeout_s: float, retries: int, backoff_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        retries: int,
+        backoff_s: float,
+        reconnect_backoff_initial_s: float = 0.1,
+        reconnect_backoff_max_s: float = 1.0,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
         self._client = grpcclient.InferenceServerClient(
             url,
             channel_args=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.initial_reconnect_backoff_ms", ms(reconnect_backoff_initial_s)),
+                ("grpc.max_reconnect_backoff_ms", ms(reconnect_backoff_max_s)),
+                ("grpc.min_reconnect_backoff_ms", ms(connect_timeout_s)),
             ],
         )
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
@@ -59,7 +91,13 @@ class TritonClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClient:
         return cls(
-            settings.triton_url, settings.triton_timeout_s, settings.triton_retries, settings.triton_retry_backoff_s
+            settings.triton_url,
+            settings.triton_timeout_s,
+            settings.triton_retries,
+            settings.triton_retry_backoff_s,
+            reconnect_backoff_initial_s=settings.triton_reconnect_backoff_initial_s,
+            reconnect_backoff_max_s=settings.triton_reconnect_backoff_max_s,
+            connect_timeout_s=settings.triton_connect_timeout_s,
         )
 
     async def close(self) -> None:
@@ -72,6 +110,11 @@ class TritonClient:
                 return await coro_factory()
             except InferenceServerException as exc:
                 status = exc.status()
+                if status == _UNAVAILABLE and is_queue_rejection(exc.message() or ""):
+                    detail = f"Triton at {self.url}: {exc.message()}"
+                    raise Overloaded(
+                        f"{what}: shed from the model's queue (full, or waited too long); retry", detail=detail
+                    ) from exc
                 if status == _UNAVAILABLE and attempt < self.retries:
                     LOGGER.warning("%s: Triton unavailable (attempt %d), retrying in %.2fs", what, attempt + 1, delay)
                     await asyncio.sleep(delay)

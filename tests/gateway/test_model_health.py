@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway import Settings
+from gateway.errors import Overloaded
 from gateway.health import ModelHealth, Prober, cannot_serve
 from gateway.metrics import Metrics
 from gateway.triton import TritonClient
@@ -57,3 +58,16 @@ def test_a_probe_past_its_deadline_is_a_failure() -> None:
     health = ModelHealth(["slow"])
     asyncio.run(Prober(health, hanging_probe, Metrics(), interval_s=1, timeout_s=0.05).probe_once())
     assert health.unhealthy() == {"slow": "probe took over 0.05s"}
+
+
+def test_a_probe_shed_by_tritons_queue_leaves_the_model_as_it_was() -> None:
+    async def shed_probe(model: str, timeout_s: float) -> None:  # fake: what TritonClient raises on a full queue
+        raise Overloaded("inference on busy: shed from the model's queue (full, or waited too long); retry")
+
+    health = ModelHealth(["busy"])
+    health.record("busy", True, source="probe")
+    metrics = Metrics()
+    asyncio.run(Prober(health, shed_probe, metrics, interval_s=1, timeout_s=1).probe_once())
+    assert health.states["busy"].ok is True
+    assert health.unhealthy() == {}
+    assert metrics.probes.labels("busy", "overloaded")._value.get() == 1
