@@ -5,13 +5,17 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from anyio import to_thread
+from PIL import Image
 
 from gateway.catalog import ModelInfo
+from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
+from gateway.processing.images import load_image, read_header
+from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.triton import TritonClient
 
@@ -68,3 +72,46 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
 
     async def close(self) -> None:
         """Release what the task holds beyond the shared client (nothing, by default)."""
+
+
+class ImageQuery(Protocol):
+    @property
+    def image(self) -> bytes: ...
+
+
+ImageQueryT = TypeVar("ImageQueryT", bound=ImageQuery)
+
+
+class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
+    """A task whose request carries an encoded image: refused by its header alone, then decoded
+    while its decoding cost is held in the budget shared by every image task.
+
+    Args:
+        task, model, client, metrics: as :class:`Task`.
+        settings: the gateway settings (image limits).
+        budget: the shared decoding budget; a private one from the settings when None.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        model: ModelInfo,
+        client: TritonClient,
+        metrics: Metrics,
+        settings: Settings,
+        budget: ImageBudget | None = None,
+    ) -> None:
+        super().__init__(task, model, client, metrics)
+        self.settings = settings
+        self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, request: ImageQueryT) -> AsyncIterator[None]:
+        """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
+        header = read_header(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
+        async with self.budget.reserve(header.decode_bytes):
+            yield
+
+    def load(self, request: ImageQueryT) -> Image.Image:
+        """The request's image, upright, in RGB or L (see :func:`gateway.processing.images.load_image`)."""
+        return load_image(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -13,11 +11,11 @@ from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.processing.detection import Detections, postprocess_detections
-from gateway.processing.images import Letterbox, letterbox, load_image, read_header
+from gateway.processing.images import Letterbox, letterbox
 from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
-from gateway.tasks.base import Task
+from gateway.tasks.base import ImageTask
 from gateway.triton import TritonClient
 
 OUTPUT = "output0"
@@ -48,7 +46,7 @@ class DetectFeatures:
     letterbox: Letterbox
 
 
-class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
+class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
     def __init__(
         self,
         model: ModelInfo,
@@ -57,9 +55,7 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         settings: Settings,
         budget: ImageBudget | None = None,
     ) -> None:
-        super().__init__("detect", model, client, metrics)
-        self.settings = settings
-        self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
+        super().__init__("detect", model, client, metrics, settings, budget)
         # The task is the one owner of its shared-memory pool; the lock makes concurrent first
         # requests share one pool instead of each creating (and one leaking) its own.
         self._regions: OutputRegions | None = None
@@ -69,15 +65,8 @@ class DetectTask(Task[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]
         default_size = NANODET_IMG_SIZE if self.nanodet else settings.detect_img_size
         self.img_size = int(config_size) if self.nanodet and isinstance(config_size, int) else default_size
 
-    @contextlib.asynccontextmanager
-    async def admitted(self, request: DetectQuery) -> AsyncIterator[None]:
-        """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
-        header = read_header(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
-        async with self.budget.reserve(header.decode_bytes):
-            yield
-
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
-        image = load_image(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
+        image = self.load(request)
         canvas, box = letterbox(image, self.img_size)
         return DetectFeatures(canvas[None], box)
 
