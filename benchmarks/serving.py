@@ -22,17 +22,9 @@ import sys
 import time
 
 import httpx
+from loadgen import QA_BODY  # benchmarks/ is on sys.path when this script runs
 
 from magicmind_build.bench import bench_engine, load_bare_engine
-
-QA_BODY = {
-    "question": "What does the gateway forward to Triton?",
-    "context": (
-        "The gateway tokenizes questions, decodes images, letterboxes and resizes them, runs non-maximum "
-        "suppression and top-k, and forwards tensors over gRPC to Triton, which batches requests from "
-        "many clients into one engine call."
-    ),
-}
 
 
 @dataclasses.dataclass(frozen=True)
