@@ -169,3 +169,65 @@ def _k8s_container_ports(name: str) -> list[dict]:  # type: ignore[type-arg]
         d for d in yaml.safe_load_all((DEPLOY / "k8s" / f"{name}.yaml").read_text()) if d["kind"] == "Deployment"
     )
     return [p for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
+
+
+PROBE = ["python3", "-m", "triton_local", "probe", "--http-url"]
+
+
+def _k8s_container(name: str) -> dict:  # type: ignore[type-arg]
+    deployment = next(
+        d for d in yaml.safe_load_all((DEPLOY / "k8s" / f"{name}.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def _dockerfile_cmd(path: pathlib.Path) -> list[str]:
+    (cmd,) = [line for line in path.read_text().splitlines() if line.startswith("CMD ")]
+    return json.loads(cmd.removeprefix("CMD "))  # type: ignore[no-any-return]
+
+
+def test_triton_image_ships_the_probe_and_allows_reloads() -> None:
+    dockerfile = DEPLOY / "Dockerfile.triton"
+    assert "COPY triton_local /opt/mm/triton_local" in dockerfile.read_text().splitlines()
+    assert "ENV PYTHONPATH=/opt/mm" in dockerfile.read_text().splitlines()
+    for args in (_dockerfile_cmd(dockerfile), _k8s_container("triton")["args"]):
+        assert args[0] == "tritonserver"
+        assert {"--model-control-mode=explicit", "--load-model=*", "--model-repository=/models"} <= set(args)
+
+
+def test_triton_liveness_is_a_probe_inference_and_startup_covers_loading() -> None:
+    triton = _k8s_container("triton")
+    liveness = triton["livenessProbe"]
+    assert liveness["exec"]["command"][: len(PROBE)] == PROBE
+    assert liveness["timeoutSeconds"] >= 60 and liveness["failureThreshold"] >= 2
+    startup = triton["startupProbe"]
+    assert startup["httpGet"]["path"] == triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "engine loading takes minutes"
+    gateway = _k8s_container("gateway")
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_compose_triton_health_is_the_probe_and_services_restart() -> None:
+    services = _compose()["services"]
+    health = services["triton"]["healthcheck"]
+    assert health["test"][0] == "CMD" and health["test"][1 : 1 + len(PROBE)] == PROBE
+    assert health["start_period"] and health["retries"] >= 2
+    for name in ("triton", "gateway"):
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_deploy_probe_commands_pass_against_a_real_triton(triton) -> None:  # type: ignore[no-untyped-def]
+    # The exact commands from the manifest and the compose file, with Triton's address and the
+    # interpreter swapped for this machine's (the image has python3 and PYTHONPATH=/opt/mm).
+    commands = [
+        _k8s_container("triton")["livenessProbe"]["exec"]["command"],
+        _compose()["services"]["triton"]["healthcheck"]["test"][1:],
+    ]
+    for command in commands:
+        url = command.index("--http-url") + 1
+        argv = [sys.executable, *command[1:url], triton.http_url, *command[url + 1 :]]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert result.returncode == 0, result.stderr
+        assert ": ok (" in result.stderr
