@@ -95,6 +95,11 @@ def two_workers(
         log.close()
 
 
+def _owners(regions: set[str]) -> set[int]:
+    """The worker PIDs named in shared-memory region names (``gw-<pid>-<token>-<index>``)."""
+    return {int(name.split("-")[1]) for name in regions}
+
+
 def test_two_workers_one_scrape_counts_every_request(
     two_workers: tuple[str, pathlib.Path, subprocess.Popen[bytes]],
     triton: TritonServer,
@@ -125,7 +130,10 @@ def test_two_workers_one_scrape_counts_every_request(
             assert set(pool.map(classify, range(6))) == {200}
             assert set(pool.map(detect, range(2))) == {200}
             sent += 6
-            if len(_answered_by_pid(metrics_dir, ROUTE)) == 2 and len(_regions(triton) - before) >= 2:
+            answered = set(_answered_by_pid(metrics_dir, ROUTE))
+            # Both workers have answered /classify and each has its own regions (one worker may hold
+            # several regions, so counting regions is not enough).
+            if len(answered) == 2 and _owners(_regions(triton) - before) == answered:
                 break
     per_worker = _answered_by_pid(metrics_dir, ROUTE)
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
@@ -139,8 +147,7 @@ def test_two_workers_one_scrape_counts_every_request(
 
     # Each worker registered its own regions, named after its PID.
     mine = _regions(triton) - before
-    owners = {int(name.split("-")[1]) for name in mine}
-    assert owners == set(per_worker), (mine, per_worker)
+    assert _owners(mine) == set(per_worker), (mine, per_worker)
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 0
