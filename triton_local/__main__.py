@@ -16,7 +16,7 @@ import sys
 import threading
 
 from triton_local.heal import HealConfig, Supervisor
-from triton_local.probe import probe_all
+from triton_local.probe import probe_all, reload_dead
 from triton_local.server import TritonServer, TritonServerConfig, TritonServerError
 
 
@@ -30,10 +30,22 @@ def probe_main(argv: list[str]) -> int:
     parser.add_argument("--http-url", default="http://127.0.0.1:8000", help="Triton's HTTP endpoint")
     parser.add_argument("--model", action="append", default=[], help="model to probe (repeatable; default: all loaded)")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each probe inference, seconds")
+    parser.add_argument(
+        "--reload-dead",
+        action="store_true",
+        help="unload and load again every model whose stub process died, then probe it again "
+        "(needs --model-control-mode=explicit): a health check that heals",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("triton_local.probe")
-    results = probe_all(args.http_url.rstrip("/"), args.model, args.timeout)
+    url = args.http_url.rstrip("/")
+    results = probe_all(url, args.model, args.timeout)
+    if args.reload_dead and any(r.stub_dead for r in results):
+        for r in results:
+            if r.stub_dead:
+                log.warning("%s: stub process died; reloading", r.model)
+        results = reload_dead(url, results, args.timeout)
     for r in results:
         if r.ok:
             log.info("%s: ok (%.0f ms)", r.model, r.seconds * 1000)

@@ -133,3 +133,37 @@ def probe_all(http_url: str, models: list[str] | None = None, timeout_s: float =
         if not models:
             return [ProbeResult("<server>", False, 0.0, "no model is loaded")]
     return [probe_model(http_url, m, timeout_s) for m in models]
+
+
+def reload_model(http_url: str, model: str, timeout_s: float = 120.0) -> None:
+    """Unload ``model``, then load it again at once (Triton started with explicit model control).
+
+    A plain ``load`` of an unchanged, loaded model is a no-op in Triton 2.51 (and a load with
+    the same config reuses the instances), so a dead stub stays dead; after an unload, the
+    load starts fresh instances with new stub processes. The old model object (holding the
+    dead stub) never finishes unloading (measured: still ``UNLOADING`` after 10 s), so the
+    load does not wait for it; that lingering object is why ``TritonServer.stop`` then waits less.
+    Raises ``urllib.error.URLError`` / ``OSError`` when Triton refuses or cannot be reached.
+    """
+    for action in ("unload", "load"):
+        _request(f"{http_url}/v2/repository/models/{model}/{action}", timeout_s, body=b"{}")
+
+
+def reload_dead(http_url: str, results: list[ProbeResult], timeout_s: float = 10.0) -> list[ProbeResult]:
+    """Reload every model whose probe failed with the dead-stub error, then probe it again.
+
+    Returns ``results`` with those models' entries replaced by the new probe (or by the reload's
+    failure). This is what makes a health check heal where nothing else supervises Triton.
+    """
+    healed = []
+    for result in results:
+        if not result.stub_dead:
+            healed.append(result)
+            continue
+        try:
+            reload_model(http_url, result.model, max(timeout_s, 60.0))
+        except (urllib.error.URLError, OSError) as exc:
+            healed.append(ProbeResult(result.model, False, result.seconds, f"reload failed: {_error_text(exc)}", True))
+            continue
+        healed.append(probe_model(http_url, result.model, timeout_s))
+    return healed

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import IO
 
-from triton_local import stubs
+from triton_local import probe, stubs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -257,23 +257,10 @@ class TritonServer:
         self._stub_died = self._stub_died or bool(dead)
         return sorted(dead)
 
-    def _repository(self, path: str, timeout_s: float) -> bytes:
-        request = urllib.request.Request(f"{self.http_url}/v2/repository/{path}", data=b"{}", method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return response.read()  # type: ignore[no-any-return]
-
     def reload_model(self, model: str, timeout_s: float = 120.0) -> None:
-        """Unload ``model``, then load it again at once (explicit model control only).
-
-        A plain ``load`` of an unchanged, loaded model is a no-op in Triton 2.51 (and a load with
-        the same config reuses the instances), so a dead stub stays dead; after an unload, the
-        load starts fresh instances with new stub processes. The old model object (holding the
-        dead stub) never finishes unloading (measured: still ``UNLOADING`` after 10 s), so the
-        load does not wait for it; that lingering object is why :meth:`stop` then waits less.
-        """
+        """Unload ``model``, then load it again at once (see :func:`triton_local.probe.reload_model`)."""
         try:
-            self._repository(f"models/{model}/unload", timeout_s)
-            self._repository(f"models/{model}/load", timeout_s)
+            probe.reload_model(self.http_url, model, timeout_s)
         except (urllib.error.URLError, OSError) as exc:
             raise TritonServerError(f"reloading {model} failed: {exc}") from exc
 

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
 from tests.conftest import triton_config
-from triton_local import TritonServer
+from triton_local import TritonServer, stubs
 from triton_local.heal import HealConfig, Supervisor
 
 LOGGER = logging.getLogger(__name__)
@@ -29,18 +29,9 @@ LOGGER = logging.getLogger(__name__)
 
 def stub_pid(server_pid: int, model: str) -> int:
     """The stub serving ``model``: a child of tritonserver whose command line names the model."""
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        if ppid == server_pid and "triton_python_backend_stub" in cmdline and f"/{model}/" in cmdline:
-            return int(entry.name)
-    raise AssertionError(f"no stub process for {model} under {server_pid}")
+    found = stubs.stubs(server_pid, model)
+    assert found, f"no stub process for {model} under {server_pid}"
+    return found[0].pid
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
@@ -55,8 +46,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
     raise AssertionError(f"{what} not within {timeout_s}s (last: {last!r})")
 
 
-def probe_cli(url: str, *models: str) -> subprocess.CompletedProcess[str]:
-    args = [a for m in models for a in ("--model", m)]
+def probe_cli(url: str, *models: str, reload_dead: bool = False) -> subprocess.CompletedProcess[str]:
+    args = [a for m in models for a in ("--model", m)] + (["--reload-dead"] if reload_dead else [])
     return subprocess.run(  # noqa: S603
         [sys.executable, "-m", "triton_local", "probe", "--http-url", url, "--timeout", "10", *args],
         capture_output=True,
@@ -144,6 +135,22 @@ def test_killed_stub_is_reported_and_healed(
     stopping = time.monotonic()
     own_triton.stop()
     LOGGER.info("stop took %.2fs", time.monotonic() - stopping)
+    assert own_triton.shm_segments() == []
+
+
+def test_health_check_with_reload_dead_heals_a_killed_stub(own_triton: TritonServer) -> None:
+    """No supervisor (Compose, Kubernetes): the health check itself reloads the dead model."""
+    pid = own_triton.pid
+    assert pid is not None
+    os.kill(stub_pid(pid, "resnet50_vd"), signal.SIGKILL)
+    wait_for("the dead stub seen by a plain probe", lambda: probe_cli(own_triton.http_url).returncode == 1, 20)
+
+    healed = probe_cli(own_triton.http_url, reload_dead=True)
+    assert healed.returncode == 0, healed.stderr
+    assert "resnet50_vd: stub process died; reloading" in healed.stderr
+    assert probe_cli(own_triton.http_url).returncode == 0  # healthy without reloading again
+    assert stub_pid(pid, "resnet50_vd") > 0
+    own_triton.stop()
     assert own_triton.shm_segments() == []
 
 
