@@ -106,10 +106,15 @@ class Prober:
         self.timeout_s = timeout_s
         self.retry_interval_s = retry_interval_s
         self._task: asyncio.Task[None] | None = None
+        # Set by stop(): the loop ends on it even when a cancellation is lost (Python 3.11's
+        # asyncio.wait_for drops one that arrives as the probe completes), so stop() never hangs.
+        self._stopped = asyncio.Event()
 
     async def probe_once(self) -> None:
         """One round over every model."""
         for model in self.health.states:
+            if self._stopped.is_set():
+                return
             start = time.perf_counter()
             try:
                 await asyncio.wait_for(self.probe(model, self.timeout_s), self.timeout_s + 1.0)
@@ -128,13 +133,15 @@ class Prober:
             self.metrics.probe_latency.labels(model).observe(time.perf_counter() - start)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 await self.probe_once()
             except Exception:  # a bug in one round must not end probing
                 LOGGER.exception("probe round failed")
             unhealthy = bool(self.health.unhealthy())
-            await asyncio.sleep(min(self.interval_s, self.retry_interval_s) if unhealthy else self.interval_s)
+            pause = min(self.interval_s, self.retry_interval_s) if unhealthy else self.interval_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), pause)
 
     def start(self) -> None:
         if self.interval_s > 0 and self._task is None:
@@ -142,6 +149,7 @@ class Prober:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopped.set()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
