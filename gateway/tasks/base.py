@@ -87,21 +87,22 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
     while its decoding cost is held in the budget shared by every image task.
 
     Args:
-        task, model, client, metrics: as :class:`Task`.
+        model, client, metrics: as :class:`Task` (the task name is the subclass's ``TASK``).
         settings: the gateway settings (image limits).
         budget: the shared decoding budget; a private one from the settings when None.
     """
 
+    TASK: str
+
     def __init__(
         self,
-        task: str,
         model: ModelInfo,
         client: TritonClient,
         metrics: Metrics,
         settings: Settings,
         budget: ImageBudget | None = None,
     ) -> None:
-        super().__init__(task, model, client, metrics)
+        super().__init__(self.TASK, model, client, metrics)
         self.settings = settings
         self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
 

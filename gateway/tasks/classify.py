@@ -6,14 +6,9 @@ import dataclasses
 
 import numpy as np
 
-from gateway.catalog import ModelInfo
-from gateway.image_budget import ImageBudget
-from gateway.metrics import Metrics
 from gateway.processing.classification import top_k
 from gateway.processing.images import resize_center_crop
-from gateway.settings import Settings
 from gateway.tasks.base import ImageTask
-from gateway.triton import TritonClient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +23,7 @@ class ClassifyQuery:
 
 
 class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]):
-    def __init__(
-        self,
-        model: ModelInfo,
-        client: TritonClient,
-        metrics: Metrics,
-        settings: Settings,
-        budget: ImageBudget | None = None,
-    ) -> None:
-        super().__init__("classify", model, client, metrics, settings, budget)
+    TASK = "classify"
 
     def preprocess(self, request: ClassifyQuery) -> np.ndarray:
         image = self.load(request)

@@ -47,6 +47,8 @@ class DetectFeatures:
 
 
 class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
+    TASK = "detect"
+
     def __init__(
         self,
         model: ModelInfo,
@@ -55,7 +57,7 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
         settings: Settings,
         budget: ImageBudget | None = None,
     ) -> None:
-        super().__init__("detect", model, client, metrics, settings, budget)
+        super().__init__(model, client, metrics, settings, budget)
         # The task is the one owner of its shared-memory pool; the lock makes concurrent first
         # requests share one pool instead of each creating (and one leaking) its own.
         self._regions: OutputRegions | None = None
