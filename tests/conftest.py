@@ -49,6 +49,14 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def qa_only_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A repository holding only ``bert_qa`` (a Triton that starts fast, for restart tests)."""
+    repo = tmp_path_factory.mktemp("qa_only") / "repo"
+    shutil.copytree(model_repo / "bert_qa", repo / "bert_qa")
+    return repo
+
+
+@pytest.fixture(scope="session")
 def triton(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer(triton_config(model_repo, log)) as server:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import pathlib
-import shutil
 import threading
 
-import pytest
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
 from tests.conftest import free_port, triton_config
 from triton_local import TritonServer
-
-
-@pytest.fixture(scope="module")
-def qa_only_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    repo = tmp_path_factory.mktemp("qa_only") / "repo"
-    shutil.copytree(model_repo / "bert_qa", repo / "bert_qa")
-    return repo
 
 
 def test_request_during_triton_restart_is_answered(qa_only_repo: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,21 +27,6 @@ from tests.reliability.helpers import metric_value
 from triton_local import TritonServer
 
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
-
-
-@pytest.fixture(scope="module")
-def qa_only_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    repo = tmp_path_factory.mktemp("qa_only") / "repo"
-    shutil.copytree(model_repo / "bert_qa", repo / "bert_qa")
-    return repo
-
-
-def _http_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:  # noqa: S310 - local test URL
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def test_gateway_serves_again_soon_after_triton_restart(qa_only_repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -78,7 +62,7 @@ def test_gateway_serves_again_soon_after_triton_restart(qa_only_repo: pathlib.Pa
         starter.start()
         try:
             deadline = time.monotonic() + 240
-            while not _http_ready(restarted.http_url):
+            while not restarted.is_ready():
                 assert time.monotonic() < deadline, "tritonserver did not become ready"
                 time.sleep(0.02)
             ready_at = time.monotonic()
