@@ -8,7 +8,7 @@ import pathlib
 
 from pydantic import BaseModel
 
-from magicmind_build.manifest import MANIFEST_NAME  # stdlib-only module: no engine or torch import
+from engine_runtime.manifest import MANIFEST_NAME  # stdlib-only module: no engine or torch import
 
 LOGGER = logging.getLogger(__name__)
 

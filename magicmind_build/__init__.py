@@ -1,5 +1,7 @@
-"""Build inference engines from source models and run them.
+"""Build inference engines from source models (needs PyTorch).
 
-``engine`` (the runtime side, used by the Triton models) needs only NumPy and ONNX Runtime;
-``models``, ``export`` and ``cli`` (the build side) need PyTorch.
+``models`` holds the PyTorch definitions, ``specs`` the per-model build specs, ``build`` the ONNX
+export, ``bench`` the bare-engine benchmark, ``npm_weights`` the pinned pretrained weights and ``cli``
+the command line (``python -m magicmind_build``). The runtime side (what runs inside Triton) is the
+separate package ``engine_runtime``, which never imports this one.
 """

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from magicmind_build.engine import Engine, load_engine
-from magicmind_build.manifest import Manifest
+from engine_runtime.engine import Engine, load_engine
+from engine_runtime.manifest import Manifest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def load_bare_engine(version_dir: pathlib.Path) -> tuple[Engine, Manifest]:
     """The engine built in ``version_dir``, set up to have the machine to itself.
 
     ONNX Runtime's idle threads may spin here (Triton's models turn that off, as they share the CPU).
-    A null-engine manifest gives the benchmark-only :class:`~magicmind_build.engine.NullEngine`.
+    A null-engine manifest gives the benchmark-only :class:`~engine_runtime.engine.NullEngine`.
     """
     manifest = Manifest.read(version_dir)
     path = version_dir / manifest.engine_file

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from magicmind_build.manifest import Manifest
+from engine_runtime.manifest import Manifest
 from magicmind_build.specs import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def build_null_manifest(spec: ModelSpec, out_dir: pathlib.Path, size: str = "ful
     """BENCHMARK ONLY: write a null-engine manifest for ``spec`` into ``out_dir`` (no engine file).
 
     Input and output names, shapes and dtypes are the real model's (one forward pass of the
-    untrained module at batch 1); Triton serves it as a :class:`~magicmind_build.engine.NullEngine`
+    untrained module at batch 1); Triton serves it as a :class:`~engine_runtime.engine.NullEngine`
     that answers zeros, and only when it runs with ``MM_ALLOW_NULL_ENGINE=1``.
     """
     cfg = spec.configs[size]

@@ -15,8 +15,8 @@ import logging
 import pathlib
 import sys
 
+from engine_runtime.manifest import Manifest
 from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
-from magicmind_build.manifest import Manifest
 from magicmind_build.specs import SIZES, SPECS
 
 LOGGER = logging.getLogger("magicmind_build")

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-code=(gateway magicmind_build triton_local triton_repo tests benchmarks)
+code=(gateway engine_runtime magicmind_build triton_local triton_repo tests benchmarks)
 .venv/bin/ruff check "${code[@]}"
 .venv/bin/ruff format --check "${code[@]}"
-.venv/bin/mypy gateway magicmind_build triton_local
+.venv/bin/mypy gateway engine_runtime magicmind_build triton_local
 exec .venv/bin/python -m pytest "$@"

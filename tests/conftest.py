@@ -16,9 +16,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings, create_app
 from magicmind_build.build import build_engine
-from magicmind_build.engine import OnnxRuntimeEngine
 from magicmind_build.specs import SPECS
 from triton_local import TritonServer, TritonServerConfig
 

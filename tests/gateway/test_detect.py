@@ -8,10 +8,10 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.processing.detection import postprocess_detections
 from gateway.processing.images import decode_image, letterbox
-from magicmind_build.engine import OnnxRuntimeEngine
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from skimage import data as skdata
 
+from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.catalog import ModelInfo
 from gateway.processing.detection import Detections, box_iou, postprocess_detections
 from gateway.processing.images import decode_image, letterbox
 from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.services import default_detector
-from magicmind_build.engine import OnnxRuntimeEngine
 
 CONF = 0.2
 

@@ -7,10 +7,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from fastapi.testclient import TestClient
 
+from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.processing.qa import decode_spans, encode_qa
 from gateway.tasks.qa import load_tokenizer
-from magicmind_build.engine import OnnxRuntimeEngine
 
 SHORT = {
     "question": "Who wrote the report?",

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pathlib
 
+from engine_runtime.engine import load_engine
 from magicmind_build.bench import bench_engine, format_table, main
-from magicmind_build.engine import load_engine
 
 
 def test_bench_measures_every_batch_size(model_repo: pathlib.Path, capsys) -> None:  # type: ignore[no-untyped-def]

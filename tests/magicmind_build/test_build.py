@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine_runtime.engine import EngineError, OnnxRuntimeEngine, load_engine
+from engine_runtime.manifest import Manifest
 from magicmind_build.build import CheckpointError, build_engine
-from magicmind_build.engine import EngineError, OnnxRuntimeEngine, load_engine
-from magicmind_build.manifest import Manifest
 from magicmind_build.models.yolov5 import YoloV5, YoloV5Config
 from magicmind_build.specs import SPECS
 

@@ -9,8 +9,8 @@ import torch
 from transformers import BertConfig as HFBertConfig
 from transformers import BertForQuestionAnswering as HFBertForQuestionAnswering
 
+from engine_runtime.engine import load_engine
 from magicmind_build.build import build_engine
-from magicmind_build.engine import load_engine
 from magicmind_build.models.bert import BertConfig, BertForQuestionAnswering
 from magicmind_build.specs import SPECS
 

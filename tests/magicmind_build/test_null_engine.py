@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from engine_runtime.engine import NULL_ENGINE_ENV, EngineError, NullEngine, load_engine
+from engine_runtime.manifest import Manifest
 from gateway import Settings, create_app
 from magicmind_build.cli import main as build_main
-from magicmind_build.engine import NULL_ENGINE_ENV, EngineError, NullEngine, load_engine
-from magicmind_build.manifest import Manifest
 from magicmind_build.specs import SPECS
 from tests.conftest import ROOT, triton_config
 from triton_local import TritonServer, TritonServerError

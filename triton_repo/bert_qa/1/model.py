@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from magicmind_build.batching import check_range
-from magicmind_build.triton_model import EngineModel
+from engine_runtime.batching import check_range
+from engine_runtime.triton_model import EngineModel
 
 
 class TritonPythonModel(EngineModel):

@@ -30,7 +30,7 @@ class Manifest:
         weights_sha256: digest of the weights file, empty for random init.
         engine_file: engine file name, relative to the manifest.
         engine_format: ``onnx`` or ``magicmind``; None for a benchmark-only null engine (no engine
-            file; zero outputs of the real names, shapes and dtypes; see :class:`~magicmind_build.engine.NullEngine`).
+            file; zero outputs of the real names, shapes and dtypes; see :class:`~engine_runtime.engine.NullEngine`).
         precision: ``fp32``, ``fp16`` or ``int8``; ``none`` for a null engine.
         engine_sha256: digest of the engine file.
         inputs: ``{name: {"dtype": ..., "shape": [...]}}`` with -1 for the batch dimension.

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from magicmind_build.batching import InvalidInput, concat_requests, split_outputs
-from magicmind_build.engine import EngineError, load_engine
-from magicmind_build.manifest import MANIFEST_NAME, Manifest
+from engine_runtime.batching import InvalidInput, concat_requests, split_outputs
+from engine_runtime.engine import EngineError, load_engine
+from engine_runtime.manifest import MANIFEST_NAME, Manifest
 
 LOGGER = logging.getLogger(__name__)
 

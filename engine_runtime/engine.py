@@ -3,7 +3,7 @@
 Used by the Triton models and by the bare-engine measurements; needs NumPy and the runtime only.
 
 Engine artifacts live in a directory next to a ``manifest.json`` written by the builder
-(see :mod:`magicmind_build.manifest`). A manifest with ``engine_format: null`` describes a
+(see :mod:`engine_runtime.manifest`). A manifest with ``engine_format: null`` describes a
 benchmark-only :class:`NullEngine`, refused unless ``MM_ALLOW_NULL_ENGINE=1``.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from magicmind_build.manifest import Manifest
+from engine_runtime.manifest import Manifest
 
 LOGGER = logging.getLogger(__name__)
 
