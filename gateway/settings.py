@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,7 +15,7 @@ class Settings(BaseSettings):
     """Gateway settings, read from ``GATEWAY_*`` environment variables (or a ``.env`` file).
 
     Args:
-        triton_url: Triton gRPC endpoint, ``host:port``.
+        triton_url: Triton gRPC endpoint, ``host:port`` or a gRPC target such as ``dns:///host:port``.
         triton_timeout_s: deadline of one inference call.
         triton_retries: extra attempts for a call that failed with gRPC ``UNAVAILABLE``.
         triton_retry_backoff_s: first back-off between attempts (doubles each retry).
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
             metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
             per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
             to each worker.
+        triton_lb_policy: gRPC load balancing over the addresses ``triton_url`` resolves to:
+            ``pick_first`` (one connection) or ``round_robin`` (every address, calls spread in turn;
+            with ``dns:///<headless-service>:8001`` in Kubernetes, every Triton pod).
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -175,3 +179,4 @@ class Settings(BaseSettings):
     health_probe_retry_interval_s: float = 1.0
 
     workers: int = Field(default=1, ge=1)
+    triton_lb_policy: Literal["pick_first", "round_robin"] = "pick_first"

@@ -47,13 +47,16 @@ class TritonClient:
     """Async inference against one Triton server.
 
     Args:
-        url: gRPC ``host:port``.
+        url: gRPC ``host:port`` or target (``dns:///host:port``, ``ipv4:a:p,b:p``).
         timeout_s: deadline of each call.
         retries: extra attempts after ``UNAVAILABLE``.
         backoff_s: first back-off; doubles per retry.
         reconnect_backoff_initial_s: first gRPC reconnect back-off after the connection is lost.
         reconnect_backoff_max_s: largest gRPC reconnect back-off.
         connect_timeout_s: deadline of one connection attempt (gRPC ``min_reconnect_backoff_ms``).
+        lb_policy: gRPC load balancing over the addresses ``url`` resolves to (``pick_first`` or
+            ``round_robin``); e.g. ``dns:///triton-grpc:8001`` with ``round_robin`` spreads calls over
+            every address of a headless Service.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class TritonClient:
         reconnect_backoff_initial_s: float = 0.1,
         reconnect_backoff_max_s: float = 1.0,
         connect_timeout_s: float = 1.0,
+        lb_policy: str = "pick_first",
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -82,6 +86,7 @@ class TritonClient:
                 ("grpc.initial_reconnect_backoff_ms", ms(reconnect_backoff_initial_s)),
                 ("grpc.max_reconnect_backoff_ms", ms(reconnect_backoff_max_s)),
                 ("grpc.min_reconnect_backoff_ms", ms(connect_timeout_s)),
+                ("grpc.lb_policy_name", lb_policy),
             ],
         )
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
@@ -98,6 +103,7 @@ class TritonClient:
             reconnect_backoff_initial_s=settings.triton_reconnect_backoff_initial_s,
             reconnect_backoff_max_s=settings.triton_reconnect_backoff_max_s,
             connect_timeout_s=settings.triton_connect_timeout_s,
+            lb_policy=settings.triton_lb_policy,
         )
 
     async def close(self) -> None:
