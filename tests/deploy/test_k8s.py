@@ -41,6 +41,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu", "gpu-autoscaling")
 ADAPTER = K8S / "components" / "autoscaling" / "prometheus-adapter-values.yaml"
 TASK_ROUTES = ("/qa", "/detect", "/classify")
+MAX_AGE_MS = 60000  # Triton's --grpc-max-connection-age in the manifest
 
 Doc = dict[str, Any]
 
@@ -552,11 +553,16 @@ def _success_count(server: TritonServer, model: str) -> float:
 
 @pytest.fixture(scope="module")
 def manifest_triton(qa_only_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    """A second real tritonserver, started with the manifest's server flags (bert_qa only)."""
+    """A second real tritonserver, started with the manifest's server flags (bert_qa only).
+
+    The connection age is cut from the manifest's minute to 1 s, so a test's calls span several
+    connection closes (GOAWAY).
+    """
     triton = container(one(render(K8S / "overlays" / "cpu"), "Deployment", "triton"), "triton")
     wanted = ("--exit-timeout-secs", "--grpc-max-connection-age", "--grpc-max-connection-age-grace")
     flags = tuple(a for a in triton["args"] if a.split("=")[0] in wanted)
-    assert len(flags) == len(wanted)
+    assert len(flags) == len(wanted) and f"--grpc-max-connection-age={MAX_AGE_MS}" in flags
+    flags = tuple("--grpc-max-connection-age=1000" if a.startswith("--grpc-max-connection-age=") else a for a in flags)
     log = tmp_path_factory.mktemp("manifest_triton") / "tritonserver.log"
     config = dataclasses.replace(triton_config(qa_only_repo, log), extra_args=flags)
     with TritonServer(config) as server:
@@ -564,7 +570,10 @@ def manifest_triton(qa_only_repo: pathlib.Path, tmp_path_factory: pytest.TempPat
 
 
 def test_gateway_client_round_robins_over_triton_addresses(triton: TritonServer, manifest_triton: TritonServer) -> None:
-    """The gateway's client, configured as the ConfigMap does, spreads calls over every address it resolves."""
+    """The gateway's client, configured as the ConfigMap does, spreads calls over every address it resolves.
+
+    No call fails (no retries) while the second server closes each connection after 1 s of age.
+    """
     servers = (triton, manifest_triton)
     target = "ipv4:" + ",".join(s.grpc_url for s in servers)  # two addresses, as DNS gives for two pods
 
@@ -574,7 +583,7 @@ def test_gateway_client_round_robins_over_triton_addresses(triton: TritonServer,
         try:
             for _ in range(count):
                 await client.probe("bert_qa", timeout_s=30)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.15)
         finally:
             await client.close()
         return [_success_count(s, "bert_qa") - b for s, b in zip(servers, before)]
