@@ -185,7 +185,9 @@ class MagicMindEngine(Engine):
     ``yolov5n/triton_codes/mm_models/yolov5n/1/model.py``) and Cambricon's samples (magicmind_cloud,
     dx111/mm_convert ``tools/mm_infer.py``): ``Model.deserialize_from_file``; ``Device`` with ``id``
     then ``active()`` (the device must be current before the engine is created); ``create_i_engine``,
-    ``create_i_context``, ``Device.create_queue``. Per batch: ``context.create_inputs()``,
+    ``create_i_context``, ``Device.create_queue``. Per batch: ``Device.active()`` again (the current device
+    is per thread, and Triton need not call ``execute`` on the thread that loaded the model),
+    ``context.create_inputs()``,
     ``from_numpy`` on each input in the model's input order, ``context.enqueue(inputs, outputs, queue)``
     (fills ``outputs``), ``queue.sync()``, then ``asnumpy()`` on each output.
 
@@ -285,6 +287,8 @@ class MagicMindEngine(Engine):
         batch = batches.pop()
         if self.batch_range is not None and not self.batch_range[0] <= batch <= self.batch_range[1]:
             raise EngineError(f"batch {batch} is outside the model's dim_range {list(self.batch_range)}")
+        # The current device is per thread: Triton may call execute() from another thread than initialize().
+        _check(self.device.active(), f"activating MLU {self.device_id}")
         inputs = self.context.create_inputs()
         if not isinstance(inputs, list | tuple):  # a Status on failure
             raise EngineError(f"MagicMind create_inputs failed: {inputs}")

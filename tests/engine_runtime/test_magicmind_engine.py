@@ -12,6 +12,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import sys
+import threading
 import types
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_call_protocol(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
         "Model.create_i_engine",
         "IEngine.create_i_context",
         "Device.create_queue",
+        "Device.active",
         "IContext.create_inputs",
         "IRTTensor.from_numpy",
         "IContext.enqueue",
@@ -115,6 +117,30 @@ def test_call_protocol(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
     ]
     assert ("Model.create_i_engine", 0) in fake_magicmind.CALLS  # with MLU 0 active
     assert ("IRTTensor.from_numpy", 0, "uint8", (2, 224, 224, 3)) in fake_magicmind.CALLS  # NHWC uint8 as built
+
+
+def test_runs_from_another_thread_than_the_one_that_loaded_it(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+    engine = _engine(fake_repo, "resnet50_vd")
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(engine.run(_feeds(engine, 1))["logits"].shape)
+        except EngineError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert results == [(1, 1000)]
+    # The (fake) SDK's rule the engine keeps: a thread with no active device cannot enqueue.
+    queue = fake.Device().create_queue()
+    assert queue is not None  # device 0 is active in this thread
+    thread_status: list[object] = []
+    thread = threading.Thread(target=lambda: thread_status.append(engine.context.enqueue([], [], queue)))
+    thread.start()
+    thread.join()
+    assert not thread_status[0].ok() and "device is not active" in str(thread_status[0])  # type: ignore[attr-defined]
 
 
 def test_inputs_go_in_the_models_order_whatever_the_feed_order(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
