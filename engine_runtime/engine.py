@@ -261,7 +261,8 @@ class MagicMindEngine(Engine):
 
     def _prepare(self, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
         array = np.asarray(array)
-        if array.ndim != len(spec.shape) or array.shape[1:] != spec.shape[1:]:
+        fits = array.ndim == len(spec.shape) and all(s in (-1, d) for d, s in zip(array.shape[1:], spec.shape[1:]))
+        if not fits:
             raise EngineError(
                 f"input {spec.name!r}: shape {list(array.shape)} does not fit the model's {list(spec.shape)} "
                 "(batch first; image inputs are NHWC)"
