@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
+import json
 import logging
 import os
 import pathlib
@@ -131,44 +133,174 @@ class OnnxRuntimeEngine(Engine):
         return dict(zip(self._output_names, results))
 
 
-class MagicMindEngine(Engine):
-    """A serialized Cambricon MagicMind model run on an MLU.
+MAGICMIND_MODULE = "magicmind.python.runtime"
 
-    Untested here: MagicMind and an MLU cannot exist on the machines this project is built on.
+# MagicMind DataType names -> NumPy dtype names (the enum's member names, e.g. ``DataType.INT32``).
+_MM_TYPES = {
+    "FLOAT32": "float32",
+    "FLOAT16": "float16",
+    "INT64": "int64",
+    "INT32": "int32",
+    "INT16": "int16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def load_magicmind() -> Any:
+    """Import ``magicmind.python.runtime`` (the Cambricon MagicMind Python SDK).
+
+    The one seam to the SDK: imported by module name, so tests put a labelled fake under that
+    name in ``sys.modules`` (``tests/engine_runtime/fake_magicmind.py``) and run the same code.
+    """
+    try:
+        return importlib.import_module(MAGICMIND_MODULE)
+    except ImportError as exc:
+        raise EngineError(
+            f"the MagicMind SDK ({MAGICMIND_MODULE}) is not importable: run on an MLU host in Cambricon's "
+            "MagicMind image (see README, 'Deploying on Cambricon MLUs')"
+        ) from exc
+
+
+def magicmind_dtype(data_type: Any) -> str:
+    """The NumPy dtype name of a MagicMind ``DataType`` enum value."""
+    name = getattr(data_type, "name", None) or str(data_type).rsplit(".", 1)[-1]
+    try:
+        return _MM_TYPES[str(name).upper()]
+    except KeyError:
+        raise EngineError(f"MagicMind data type {data_type} has no NumPy equivalent here") from None
+
+
+def _check(status: Any, what: str) -> None:
+    """MagicMind calls answer a ``Status``; anything but ``ok()`` is an :class:`EngineError`."""
+    if status is not None and not status.ok():
+        raise EngineError(f"MagicMind {what} failed: {status}")
+
+
+class MagicMindEngine(Engine):
+    """A serialized Cambricon MagicMind model (``.mm``) run on an MLU.
+
+    Call order, as in the reference Triton model (xiaoqi25478/triton_python_backend_with_magicmind,
+    ``yolov5n/triton_codes/mm_models/yolov5n/1/model.py``) and Cambricon's samples (magicmind_cloud,
+    dx111/mm_convert ``tools/mm_infer.py``): ``Model.deserialize_from_file``; ``Device`` with ``id``
+    then ``active()`` (the device must be current before the engine is created); ``create_i_engine``,
+    ``create_i_context``, ``Device.create_queue``. Per batch: ``Device.active()`` again (the current device
+    is per thread, and Triton need not call ``execute`` on the thread that loaded the model),
+    ``context.create_inputs()``,
+    ``from_numpy`` on each input in the model's input order, ``context.enqueue(inputs, outputs, queue)``
+    (fills ``outputs``), ``queue.sync()``, then ``asnumpy()`` on each output.
+
+    Names, dtypes and shapes come from the model (``get_input_names``, ``get_input_data_types``,
+    ``get_input_dimensions`` and the output counterparts). Before a batch reaches the SDK it is
+    checked here, so a caller gets an :class:`EngineError` naming the problem rather than an MLU
+    error: every input present, one batch size within the build's ``dim_range`` (read from the
+    BuilderConfig JSON the manifest names), each array's non-batch dimensions equal to the model's
+    (an NCHW image sent to an NHWC model is refused, not reinterpreted), and its dtype the model's:
+    integers are narrowed (int64 token ids to an int32 model, as ``type64to32_conversion`` builds)
+    only when every value fits, anything else is refused.
+
+    Tested against a labelled fake of this API subset (``tests/engine_runtime/fake_magicmind.py``),
+    and against the real SDK by the same tests where it is importable.
 
     Args:
         path: the serialized ``.mm`` model.
-        device_id: MLU ordinal.
+        device_id: MLU ordinal (Triton's ``model_instance_device_id``).
+        manifest: the engine's manifest; its ``magicmind_config`` names the BuilderConfig JSON whose
+            ``dim_range`` bounds the batch (unbounded when absent).
     """
 
-    def __init__(self, path: pathlib.Path, device_id: int = 0) -> None:
-        try:
-            import magicmind.python.runtime as mm  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise EngineError("MagicMind runtime is not installed (no MLU here)") from exc
+    def __init__(self, path: pathlib.Path, device_id: int = 0, manifest: Manifest | None = None) -> None:
+        mm = load_magicmind()
         self.path = pathlib.Path(path)
+        self.device_id = device_id
+        self.model = mm.Model()
+        _check(self.model.deserialize_from_file(str(path)), f"deserialize_from_file({self.path.name})")
         self.device = mm.Device()
         self.device.id = device_id
-        if not self.device.active().ok():
-            raise EngineError(f"cannot activate MLU {device_id}")
-        self.model = mm.Model()
-        self.model.deserialize_from_file(str(path))
+        _check(self.device.active(), f"activating MLU {device_id}")
         self.engine = self.model.create_i_engine()
+        if self.engine is None:
+            raise EngineError(f"MagicMind create_i_engine failed for {self.path.name} on MLU {device_id}")
         self.context = self.engine.create_i_context()
+        if self.context is None:
+            raise EngineError(f"MagicMind create_i_context failed for {self.path.name}")
         self.queue = self.device.create_queue()
-        # Data types come from the manifest; the serialized model is only asked for names.
-        self.inputs = tuple(TensorSpec(n, "", ()) for n in self.model.get_input_names())
-        self.outputs = tuple(TensorSpec(n, "", ()) for n in self.model.get_output_names())
+        if self.queue is None:
+            raise EngineError(f"MagicMind create_queue failed on MLU {device_id}")
+        self.inputs = self._specs(
+            self.model.get_input_names(), self.model.get_input_data_types(), self.model.get_input_dimensions()
+        )
+        self.outputs = self._specs(
+            self.model.get_output_names(), self.model.get_output_data_types(), self.model.get_output_dimensions()
+        )
+        self.batch_range = self._batch_range(manifest)
+
+    @staticmethod
+    def _specs(names: Sequence[str], types: Sequence[Any], dims: Sequence[Any]) -> tuple[TensorSpec, ...]:
+        specs = []
+        for name, data_type, dim in zip(names, types, dims):
+            shape = tuple(int(d) for d in (dim.GetDims() if hasattr(dim, "GetDims") else dim))
+            specs.append(TensorSpec(str(name), magicmind_dtype(data_type), (-1, *shape[1:]) if shape else ()))
+        return tuple(specs)
+
+    def _batch_range(self, manifest: Manifest | None) -> tuple[int, int] | None:
+        config_file = getattr(manifest, "magicmind_config", "") if manifest is not None else ""
+        if not config_file:
+            return None
+        try:
+            config = json.loads((self.path.parent / config_file).read_text())
+            ranges = config["dim_range"].values()
+            return max(int(r["min"][0]) for r in ranges), min(int(r["max"][0]) for r in ranges)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise EngineError(f"cannot read dim_range from {config_file}: {exc}") from exc
+
+    @property
+    def description(self) -> str:
+        return f"magicmind MLU {self.device_id}"
+
+    def _prepare(self, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+        array = np.asarray(array)
+        fits = array.ndim == len(spec.shape) and all(s in (-1, d) for d, s in zip(array.shape[1:], spec.shape[1:]))
+        if not fits:
+            raise EngineError(
+                f"input {spec.name!r}: shape {list(array.shape)} does not fit the model's {list(spec.shape)} "
+                "(batch first; image inputs are NHWC)"
+            )
+        wanted = np.dtype(spec.dtype)
+        if array.dtype != wanted:
+            if not (array.dtype.kind in "iu" and wanted.kind in "iu"):
+                raise EngineError(f"input {spec.name!r}: dtype {array.dtype} where the model takes {wanted}")
+            info = np.iinfo(wanted)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise EngineError(f"input {spec.name!r}: values outside {wanted} for the model's {wanted} input")
+            array = array.astype(wanted)
+        return np.ascontiguousarray(array)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [spec.name for spec in self.inputs if spec.name not in feeds]
+        if missing:
+            raise EngineError(f"missing inputs {missing}; the model takes {[s.name for s in self.inputs]}")
+        arrays = [self._prepare(feeds[spec.name], spec) for spec in self.inputs]
+        batches = {len(a) for a in arrays}
+        if len(batches) != 1:
+            raise EngineError(f"inputs disagree on the batch size: {sorted(batches)}")
+        batch = batches.pop()
+        if self.batch_range is not None and not self.batch_range[0] <= batch <= self.batch_range[1]:
+            raise EngineError(f"batch {batch} is outside the model's dim_range {list(self.batch_range)}")
+        # The current device is per thread: Triton may call execute() from another thread than initialize().
+        _check(self.device.active(), f"activating MLU {self.device_id}")
         inputs = self.context.create_inputs()
-        for tensor, spec in zip(inputs, self.inputs):
-            tensor.from_numpy(np.ascontiguousarray(feeds[spec.name]))
+        if not isinstance(inputs, list | tuple):  # a Status on failure
+            raise EngineError(f"MagicMind create_inputs failed: {inputs}")
+        for tensor, array, spec in zip(inputs, arrays, self.inputs):
+            _check(tensor.from_numpy(array), f"from_numpy({spec.name})")
         outputs: list[Any] = []
-        status = self.context.enqueue(inputs, outputs, self.queue)
-        if not status.ok() or not self.queue.sync().ok():
-            raise EngineError(f"MagicMind enqueue failed: {status}")
-        return {spec.name: out.asnumpy() for spec, out in zip(self.outputs, outputs)}
+        _check(self.context.enqueue(inputs, outputs, self.queue), "enqueue")
+        _check(self.queue.sync(), "queue sync")
+        if len(outputs) != len(self.outputs):
+            raise EngineError(f"MagicMind returned {len(outputs)} outputs, the model declares {len(self.outputs)}")
+        return {spec.name: np.asarray(out.asnumpy()) for spec, out in zip(self.outputs, outputs)}
 
 
 class NullEngine(Engine):
@@ -226,7 +358,7 @@ def load_engine(path: pathlib.Path, manifest: Manifest | None = None, **kwargs: 
     if not path.exists():
         raise EngineError(f"engine file {path} does not exist; build it with `python -m magicmind_build`")
     if path.suffix == ".mm":
-        return MagicMindEngine(path, **kwargs)  # type: ignore[arg-type]
+        return MagicMindEngine(path, manifest=manifest, **kwargs)  # type: ignore[arg-type]
     if path.suffix == ".onnx":
         return OnnxRuntimeEngine(path, **kwargs)  # type: ignore[arg-type]
     raise EngineError(f"unknown engine format {path.suffix!r} for {path}")

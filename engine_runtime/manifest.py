@@ -37,6 +37,8 @@ class Manifest:
         outputs: same for outputs.
         built_at: ISO-8601 UTC build time.
         builder: versions of the tools that built it.
+        magicmind_config: file name (next to the manifest) of the Cambricon MagicMind ``BuilderConfig``
+            JSON for this engine (see :mod:`magicmind_build.magicmind`); empty when none was written.
     """
 
     model: str
@@ -54,6 +56,7 @@ class Manifest:
     outputs: dict[str, dict[str, Any]]
     built_at: str
     builder: dict[str, str]
+    magicmind_config: str = ""
 
     @property
     def trained(self) -> bool:

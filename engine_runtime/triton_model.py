@@ -77,6 +77,8 @@ class EngineModel:
             kwargs["spin"] = _parameter(self.model_config, "allow_spinning", "false").lower() == "true"
             # With instance_group KIND_GPU each instance runs on its own device.
             kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)
+        elif engine_file.endswith(".mm"):
+            kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)  # the MLU of this instance
         self.engine = load_engine(version_dir / engine_file, self.manifest, **kwargs)
         has_metrics = hasattr(pb_utils, "MetricFamily")
         self._counters = _EngineCounters(args["model_name"]) if has_metrics else None

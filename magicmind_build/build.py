@@ -1,4 +1,4 @@
-"""Build one engine: torch model -> weights -> ONNX (variable batch) -> manifest.
+"""Build one engine: torch model -> weights -> ONNX (variable batch) + MagicMind BuilderConfig -> manifest.
 
 Weights, in order of precedence:
   1. a user-supplied checkpoint (``--checkpoint MODEL=PATH``): a ``state_dict`` saved with
@@ -25,6 +25,7 @@ import onnx
 import torch
 
 from engine_runtime.manifest import Manifest
+from magicmind_build.magicmind import with_builder_config
 from magicmind_build.specs import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ def build_engine(
         built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         builder={"torch": torch.__version__, "onnx": onnx.__version__, "opset": str(OPSET)},
     )
+    # The MagicMind BuilderConfig for this ONNX artifact, next to it (an MLU host builds model.mm from both).
+    manifest = with_builder_config(manifest, spec, out_dir)
     manifest.write(out_dir)
     return manifest
 

@@ -3,6 +3,9 @@
 Writes each engine into ``<repo>/<model>/1/`` (``model.onnx`` + ``manifest.json``), which is
 where the Triton model of the same name loads it from.
 
+``--backend magicmind`` (on an MLU host with the Cambricon MagicMind SDK) then builds ``model.mm`` from
+``model.onnx`` and the ``magicmind_build_config.json`` written next to it, and points the manifest at it.
+
 ``--null-engine`` (benchmarks only) writes manifests with ``engine_format: null`` instead: Triton,
 run with ``MM_ALLOW_NULL_ENGINE=1``, then answers zeros of the real shapes at no engine cost.
 """
@@ -15,8 +18,10 @@ import logging
 import pathlib
 import sys
 
+from engine_runtime.engine import EngineError, load_magicmind
 from engine_runtime.manifest import Manifest
 from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
+from magicmind_build.magicmind import MagicMindBuildError, build_magicmind_engine
 from magicmind_build.specs import SIZES, SPECS
 
 LOGGER = logging.getLogger("magicmind_build")
@@ -32,14 +37,14 @@ def _checkpoints(items: list[str]) -> dict[str, pathlib.Path]:
     return result
 
 
-def _up_to_date(out_dir: pathlib.Path, size: str, checkpoint: pathlib.Path | None) -> bool:
+def _up_to_date(out_dir: pathlib.Path, size: str, checkpoint: pathlib.Path | None, backend: str = "onnx") -> bool:
     try:
         manifest = Manifest.read(out_dir)
     except (OSError, ValueError, TypeError):
         return False
     wanted_source = str(checkpoint) if checkpoint else None
     return (
-        manifest.engine_format is not None
+        manifest.engine_format == backend
         and (out_dir / manifest.engine_file).exists()
         and manifest.config.get("size") == size
         and ((wanted_source is None and manifest.weights != "checkpoint") or manifest.weights_source == wanted_source)
@@ -57,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for untrained (random) weights")
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date engine exists")
     parser.add_argument(
+        "--backend",
+        choices=("onnx", "magicmind"),
+        default="onnx",
+        help="engine to serve: ONNX (ONNX Runtime) or a MagicMind .mm built from it (needs the MagicMind SDK)",
+    )
+    parser.add_argument(
         "--null-engine",
         action="store_true",
         help="BENCHMARK ONLY: write null-engine manifests (zero outputs; Triton needs MM_ALLOW_NULL_ENGINE=1)",
@@ -70,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             manifest = build_null_manifest(SPECS[name], args.repo / name / "1", args.size)
             LOGGER.warning("%s: NULL ENGINE manifest (benchmark only) %s", name, json.dumps(manifest.outputs))
         return 0
+    if args.backend == "magicmind":
+        try:
+            load_magicmind()
+        except EngineError as exc:
+            raise SystemExit(f"--backend magicmind: {exc}") from None
     checkpoints = _checkpoints(args.checkpoint)
     for name in args.models:
         out_dir = args.repo / name / "1"
-        if not args.force and _up_to_date(out_dir, args.size, checkpoints.get(name)):
+        if not args.force and _up_to_date(out_dir, args.size, checkpoints.get(name), args.backend):
             LOGGER.info("%s: up to date in %s", name, out_dir)
             continue
         try:
@@ -81,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointError as exc:
             LOGGER.error("%s: %s", name, exc)
             return 2
+        if args.backend == "magicmind":
+            try:
+                manifest = build_magicmind_engine(manifest, out_dir)
+            except MagicMindBuildError as exc:
+                LOGGER.error("%s: %s", name, exc)
+                return 2
         LOGGER.info("%s: built (%s weights) %s", name, manifest.weights, json.dumps(manifest.outputs))
     return 0
 

@@ -33,6 +33,8 @@ class ModelSpec:
         output_names: engine output names.
         pretrained: returns the path of bundled pretrained weights, if the model has any.
         pretrained_source: where the pretrained weights come from, for the manifest (default: the file name).
+        batch_range: smallest and largest batch the engine takes: the MagicMind build's ``dim_range``;
+            the largest equals ``max_batch_size`` in the model's ``triton_repo/<name>/config.pbtxt``.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ModelSpec:
     output_names: tuple[str, ...]
     pretrained: Callable[[], str] | None = None
     pretrained_source: Callable[[], str] | None = None
+    batch_range: tuple[int, int] = (1, 32)
 
 
 def _bert_inputs(cfg: BertConfig) -> tuple[torch.Tensor, ...]:
@@ -97,6 +100,7 @@ SPECS: dict[str, ModelSpec] = {
             example_inputs=_bert_inputs,
             input_names=("input_ids", "attention_mask", "token_type_ids"),
             output_names=("start_logits", "end_logits"),
+            batch_range=(1, 64),
         ),
         ModelSpec(
             name="yolov5n",
@@ -108,6 +112,7 @@ SPECS: dict[str, ModelSpec] = {
             example_inputs=_image_inputs,
             input_names=("images",),
             output_names=("output0",),
+            batch_range=(1, 16),
         ),
         ModelSpec(
             name="resnet50_vd",
