@@ -47,8 +47,10 @@ class Services:
     prober: Prober | None = None
 
     @classmethod
-    def create(cls, settings: Settings, metrics: Metrics) -> Services:
-        client = TritonClient.from_settings(settings)
+    def create(cls, settings: Settings, metrics: Metrics, client: TritonClient | None = None) -> Services:
+        """The services of one app; ``client`` replaces the Triton client built from the settings
+        (the seam of the fast test tier, which passes one over a labelled fake gRPC client)."""
+        client = client or TritonClient.from_settings(settings)
         repo = settings.model_repository
         budget = ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)  # one for all images
 

@@ -54,6 +54,8 @@ class TritonClient:
         reconnect_backoff_initial_s: first gRPC reconnect back-off after the connection is lost.
         reconnect_backoff_max_s: largest gRPC reconnect back-off.
         connect_timeout_s: deadline of one connection attempt (gRPC ``min_reconnect_backoff_ms``).
+        grpc_client: the ``tritonclient.grpc.aio.InferenceServerClient`` to use; one for ``url`` when
+            None. The seam of the fast test tier, which passes a labelled fake (``tests/fakes.py``).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class TritonClient:
         reconnect_backoff_initial_s: float = 0.1,
         reconnect_backoff_max_s: float = 1.0,
         connect_timeout_s: float = 1.0,
+        grpc_client: Any = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -74,7 +77,7 @@ class TritonClient:
         def ms(seconds: float) -> int:
             return max(1, round(seconds * 1000))
 
-        self._client = grpcclient.InferenceServerClient(
+        self._client = grpc_client or grpcclient.InferenceServerClient(
             url,
             channel_args=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -89,7 +92,7 @@ class TritonClient:
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TritonClient:
+    def from_settings(cls, settings: Settings, grpc_client: Any = None) -> TritonClient:
         return cls(
             settings.triton_url,
             settings.triton_timeout_s,
@@ -98,6 +101,7 @@ class TritonClient:
             reconnect_backoff_initial_s=settings.triton_reconnect_backoff_initial_s,
             reconnect_backoff_max_s=settings.triton_reconnect_backoff_max_s,
             connect_timeout_s=settings.triton_connect_timeout_s,
+            grpc_client=grpc_client,
         )
 
     async def close(self) -> None:
