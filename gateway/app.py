@@ -86,6 +86,11 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.create(settings, metrics, triton_client() if triton_client else None)
+        try:
+            await services.bind(settings)  # tensor sizes from the models; a mismatch stops start-up here
+        except BaseException:
+            await services.close()
+            raise
         app.state.services = services
         if services.prober is not None:
             services.prober.start()

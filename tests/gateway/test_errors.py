@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import pathlib
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway import Settings, create_app
+from gateway.errors import TritonUnavailable
 from tests.conftest import free_port
 
 
@@ -113,8 +116,14 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "http_error"
 
 
-def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
-    broken = settings.model_copy(update={"qa_model": "no_such_model"})
+def test_triton_error_is_502_and_readiness_drops(settings: Settings, tmp_path: pathlib.Path) -> None:
+    # The gateway's repository names a QA model Triton does not serve: sizes are known, inference fails.
+    repo = tmp_path / "repo"
+    shutil.copytree(settings.model_repository, repo)  # type: ignore[arg-type]
+    config = repo / "bert_qa" / "config.pbtxt"
+    (repo / "no_such_model").mkdir()
+    (repo / "no_such_model" / "config.pbtxt").write_text(config.read_text().replace('"bert_qa"', '"no_such_model"'))
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_repository": repo})
     with TestClient(create_app(broken)) as test_client:
         _assert_error(
             test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed"
@@ -122,6 +131,12 @@ def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["models"]["no_such_model"] is False
+
+
+def test_a_model_neither_the_repository_nor_triton_knows_stops_start_up(settings: Settings) -> None:
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_config_wait_s": 0.5})
+    with pytest.raises(TritonUnavailable, match=r"no_such_model.*model_config_wait_s"), TestClient(create_app(broken)):
+        pass
 
 
 @pytest.fixture(scope="module")

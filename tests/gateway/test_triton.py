@@ -122,10 +122,11 @@ def test_a_bad_request_does_not_mark_the_model_unhealthy() -> None:
     assert client.health.unhealthy() == {}
 
 
-def test_max_batch_size_and_probe_read_the_repository_config() -> None:
+def test_model_io_and_probe_read_the_served_config() -> None:
     fake = FakeTritonGrpc()
     client = client_over(fake)
-    assert run(client.max_batch_size("bert_qa")) == 64
+    io = run(client.model_io(["bert_qa"], wait_s=1.0))
+    assert isinstance(io, dict) and io["bert_qa"].max_batch_size == 64 and io["bert_qa"].seq_len() == 128
     run(client.probe("bert_qa", timeout_s=1.0))
     (call,) = fake.calls
     assert call.request_id == "probe" and call.outputs == ["start_logits"]
