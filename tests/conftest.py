@@ -30,7 +30,7 @@ from triton_local import TritonServer, TritonServerConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 E2E_FIXTURES = frozenset(
-    {"model_repo", "qa_only_repo", "triton", "settings", "client", "gateway_url", "engines"}
+    {"model_repo", "qa_only_repo", "ghost_model_repo", "triton", "settings", "client", "gateway_url", "engines"}
     | {"own_triton", "own_triton_module", "start_gateway"}
 )
 
@@ -111,6 +111,18 @@ def qa_only_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFact
     """A repository holding only ``bert_qa`` (a Triton that starts fast, for restart tests)."""
     repo = tmp_path_factory.mktemp("qa_only") / "repo"
     shutil.copytree(model_repo / "bert_qa", repo / "bert_qa")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def ghost_model_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """For the gateway only: every model's configuration plus ``no_such_model`` (bert_qa's, renamed),
+    which no tritonserver serves, so its inferences fail in Triton (the gateway knows its sizes)."""
+    repo = tmp_path_factory.mktemp("ghost") / "repo"
+    shutil.copytree(model_repo, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    (repo / "no_such_model").mkdir()
+    config = (model_repo / "bert_qa" / "config.pbtxt").read_text().replace('"bert_qa"', '"no_such_model"')
+    (repo / "no_such_model" / "config.pbtxt").write_text(config)
     return repo
 
 

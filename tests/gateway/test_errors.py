@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pathlib
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -116,14 +115,9 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "http_error"
 
 
-def test_triton_error_is_502_and_readiness_drops(settings: Settings, tmp_path: pathlib.Path) -> None:
-    # The gateway's repository names a QA model Triton does not serve: sizes are known, inference fails.
-    repo = tmp_path / "repo"
-    shutil.copytree(settings.model_repository, repo)  # type: ignore[arg-type]
-    config = repo / "bert_qa" / "config.pbtxt"
-    (repo / "no_such_model").mkdir()
-    (repo / "no_such_model" / "config.pbtxt").write_text(config.read_text().replace('"bert_qa"', '"no_such_model"'))
-    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_repository": repo})
+def test_triton_error_is_502_and_readiness_drops(settings: Settings, ghost_model_repo: pathlib.Path) -> None:
+    # The gateway knows the QA model's sizes, but Triton does not serve it: inference fails.
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_repository": ghost_model_repo})
     with TestClient(create_app(broken)) as test_client:
         _assert_error(
             test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed"
