@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +26,7 @@ from gateway.routes import classify, detect, health, qa
 from gateway.server_errors import ServerErrors
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.triton import TritonClient
 from gateway.workers import scrape_registry
 
 LOGGER = logging.getLogger(__name__)
@@ -74,13 +75,22 @@ def _route_paths(app: FastAPI) -> set[str]:
     return paths
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway app; its lifespan owns the Triton client and the task pipelines."""
+def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | None = None) -> FastAPI:
+    """The gateway app; its lifespan owns the Triton client and the task pipelines.
+
+    ``triton_client`` makes the Triton client at start-up instead of the settings (the seam of the
+    fast test tier: a real :class:`TritonClient` over a labelled fake gRPC client).
+    """
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services.create(settings, metrics)
+        services = Services.create(settings, metrics, triton_client() if triton_client else None)
+        try:
+            await services.bind(settings)  # tensor sizes from the models; a mismatch stops start-up here
+        except BaseException:
+            await services.close()
+            raise
         app.state.services = services
         if services.prober is not None:
             services.prober.start()

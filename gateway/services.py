@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from gateway.catalog import ModelInfo, read_model_info
@@ -10,12 +11,15 @@ from gateway.errors import UnknownModel
 from gateway.health import ModelHealth, Prober
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
+from gateway.model_io import read_model_io
 from gateway.settings import Settings
 from gateway.tasks.base import Task
 from gateway.tasks.classify import ClassifyTask
 from gateway.tasks.detect import DetectTask
-from gateway.tasks.qa import QATask, load_tokenizer
+from gateway.tasks.qa import QATask, new_tokenizer
 from gateway.triton import TritonClient
+
+LOGGER = logging.getLogger(__name__)
 
 
 def default_detector(models: list[ModelInfo]) -> str:
@@ -47,8 +51,10 @@ class Services:
     prober: Prober | None = None
 
     @classmethod
-    def create(cls, settings: Settings, metrics: Metrics) -> Services:
-        client = TritonClient.from_settings(settings)
+    def create(cls, settings: Settings, metrics: Metrics, client: TritonClient | None = None) -> Services:
+        """The services of one app; ``client`` replaces the Triton client built from the settings
+        (the seam of the fast test tier, which passes one over a labelled fake gRPC client)."""
+        client = client or TritonClient.from_settings(settings)
         repo = settings.model_repository
         budget = ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)  # one for all images
 
@@ -61,7 +67,7 @@ class Services:
         }
         services = cls(
             client=client,
-            qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, load_tokenizer(settings)),
+            qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, new_tokenizer(settings)),
             detect=detectors[settings.detect_model or default_detector([t.model for t in detectors.values()])],
             detectors=detectors,
             classify={
@@ -79,6 +85,22 @@ class Services:
             settings.health_probe_retry_interval_s,
         )
         return services
+
+    async def bind(self, settings: Settings) -> None:
+        """Give each task its model's tensor sizes, from the model repository or else from Triton.
+
+        Raises :class:`~gateway.model_io.ShapeMismatch` when a size setting disagrees with a model,
+        and :class:`~gateway.errors.TritonUnavailable` when a configuration can be read from neither
+        within ``model_config_wait_s``: the gateway does not start.
+        """
+        names = list(dict.fromkeys(task.model.name for task in self.tasks))
+        found = {name: read_model_io(settings.model_repository, name) for name in names}
+        io = {name: model_io for name, model_io in found.items() if model_io is not None}
+        if missing := [name for name in names if name not in io]:
+            LOGGER.info("no configuration of %s under %s: reading it from Triton", missing, settings.model_repository)
+            io.update(await self.client.model_io(missing, settings.model_config_wait_s))
+        for task in self.tasks:
+            task.bind(io[task.model.name])
 
     @property
     def tasks(self) -> list[Task[Any, Any, Any]]:

@@ -30,16 +30,26 @@ class Settings(BaseSettings):
         detect_models: Triton model names selectable by ``/detect?model=`` (unknown name: 404).
         classify_models: Triton model names selectable by ``/classify?model=``; the first is the default.
         qa_vocab: the uncased WordPiece vocabulary of the QA model (bert-base-uncased, shipped).
-        qa_max_seq_len, qa_doc_stride, qa_max_question_tokens, qa_max_answer_tokens, qa_n_best:
+        qa_max_seq_len: tokens per window; None (default) follows the QA model's ``input_ids`` dims.
+            Set, it must equal them or the gateway refuses to start (:mod:`gateway.model_io`).
+        qa_doc_stride, qa_max_question_tokens, qa_max_answer_tokens, qa_n_best:
             tokenisation windows and span decoding.
         qa_max_context_chars: longest accepted context.
         max_upload_bytes: largest accepted image upload.
         max_body_bytes: largest accepted request body of any kind (refused before parsing).
         max_inflight: most task requests processed at once; more get 503 with Retry-After (0: no bound).
         max_image_pixels: largest accepted decoded image (width x height).
-        detect_img_size: YOLOv5 letterbox size (NanoDet's is its engine's, 416, from its manifest).
+        detect_img_size: letterbox size of the YOLO-format detectors; None (default) follows each model's
+            ``images`` dims (NanoDet always follows its model). Set, it must equal them or the gateway
+            refuses to start.
         detect_conf_threshold, detect_iou_threshold, detect_max_det: detection post-processing (all models).
-        classify_resize, classify_crop, classify_top_k: classification pre/post.
+        classify_resize, classify_top_k: classification pre/post (shorter side resized to
+            ``classify_resize``, then the centre crop; must be at least the crop).
+        classify_crop: centre-crop size; None (default) follows each classifier's ``images`` dims. Set,
+            it must equal them or the gateway refuses to start.
+        model_config_wait_s: where the gateway cannot read the model repository
+            (``model_repository`` None or not mounted), it reads each model's configuration from Triton
+            at start-up, waiting up to this long for Triton; past it, start-up fails.
         body_timeout_s: deadline for a request body to arrive in full, once its headers have; past it
             408 ``request_timeout`` and the connection is closed. Bodies are read before admission,
             so an upload in progress never holds one of the ``max_inflight`` slots.
@@ -129,7 +139,7 @@ class Settings(BaseSettings):
     classify_models: list[str] = Field(default_factory=lambda: ["resnet50_vd", "efficientnet_lite0"])
 
     qa_vocab: pathlib.Path = BERT_BASE_UNCASED
-    qa_max_seq_len: int = 128
+    qa_max_seq_len: int | None = None
     qa_doc_stride: int = 32
     qa_max_question_tokens: int = 64
     qa_max_answer_tokens: int = 30
@@ -141,13 +151,13 @@ class Settings(BaseSettings):
     max_inflight: int = 256
     max_image_pixels: int = 40_000_000
 
-    detect_img_size: int = 640
+    detect_img_size: int | None = None
     detect_conf_threshold: float = 0.25
     detect_iou_threshold: float = 0.45
     detect_max_det: int = 300
 
     classify_resize: int = 256
-    classify_crop: int = 224
+    classify_crop: int | None = None
     classify_top_k: int = 5
 
     body_timeout_s: float = 30.0
@@ -180,3 +190,4 @@ class Settings(BaseSettings):
 
     workers: int = Field(default=1, ge=1)
     triton_lb_policy: Literal["pick_first", "round_robin"] = "pick_first"
+    model_config_wait_s: float = 60.0

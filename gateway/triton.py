@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth, cannot_serve
+from gateway.model_io import ModelIO
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
@@ -57,6 +59,8 @@ class TritonClient:
         lb_policy: gRPC load balancing over the addresses ``url`` resolves to (``pick_first`` or
             ``round_robin``); e.g. ``dns:///triton-grpc:8001`` with ``round_robin`` spreads calls over
             every address of a headless Service.
+        grpc_client: the ``tritonclient.grpc.aio.InferenceServerClient`` to use; one for ``url`` when
+            None. The seam of the fast test tier, which passes a labelled fake (``tests/fakes.py``).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class TritonClient:
         reconnect_backoff_max_s: float = 1.0,
         connect_timeout_s: float = 1.0,
         lb_policy: str = "pick_first",
+        grpc_client: Any = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -78,7 +83,7 @@ class TritonClient:
         def ms(seconds: float) -> int:
             return max(1, round(seconds * 1000))
 
-        self._client = grpcclient.InferenceServerClient(
+        self._client = grpc_client or grpcclient.InferenceServerClient(
             url,
             channel_args=[
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -94,7 +99,7 @@ class TritonClient:
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TritonClient:
+    def from_settings(cls, settings: Settings, grpc_client: Any = None) -> TritonClient:
         return cls(
             settings.triton_url,
             settings.triton_timeout_s,
@@ -104,6 +109,7 @@ class TritonClient:
             reconnect_backoff_max_s=settings.triton_reconnect_backoff_max_s,
             connect_timeout_s=settings.triton_connect_timeout_s,
             lb_policy=settings.triton_lb_policy,
+            grpc_client=grpc_client,
         )
 
     async def close(self) -> None:
@@ -216,8 +222,26 @@ class TritonClient:
     async def close_regions(self, regions: OutputRegions) -> None:
         await regions.close(self._client)
 
-    async def max_batch_size(self, model: str) -> int:
-        return int((await self._model_config(model)).get("max_batch_size", 0))
+    async def model_io(self, models: Sequence[str], wait_s: float) -> dict[str, ModelIO]:
+        """Each model's tensors from Triton's configuration, waiting up to ``wait_s`` for Triton
+        (start-up, where the gateway cannot read the model repository)."""
+        deadline_at = time.monotonic() + wait_s
+        found: dict[str, ModelIO] = {}
+        while True:
+            try:
+                for model in models:
+                    if model not in found:
+                        found[model] = ModelIO.from_config(await self._model_config(model))
+                return found
+            except (TritonUnavailable, InferenceFailed) as exc:
+                if time.monotonic() >= deadline_at:
+                    raise TritonUnavailable(
+                        f"could not read the configuration of {[m for m in models if m not in found]} from "
+                        f"Triton within {wait_s}s (model_config_wait_s)",
+                        exc.detail,
+                    ) from exc
+                LOGGER.info("waiting for Triton to read model configurations: %s", exc.message)
+                await asyncio.sleep(min(1.0, max(0.0, deadline_at - time.monotonic())))
 
     async def probe(self, model: str, timeout_s: float) -> None:
         """One tiny real inference (zeros of each input, batch 1; the first output only), no retry.

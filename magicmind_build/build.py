@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import logging
 import pathlib
+import re
 import warnings
 from collections.abc import Mapping
 
@@ -90,6 +91,29 @@ def _spec_dict(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> dic
     }
 
 
+def sync_config(config_path: pathlib.Path, manifest: Manifest) -> list[str]:
+    """Write the engine's tensor sizes into the model's Triton ``config.pbtxt`` (``dims`` of each input
+    and output, batch dimension excluded), so the spec stays the one place a model's size is set.
+
+    Returns the tensors whose dims changed; a tensor the configuration does not name is an error.
+    """
+    text = config_path.read_text()
+    changed = []
+    for name, tensor in {**manifest.inputs, **manifest.outputs}.items():
+        pattern = re.compile(r'(name:\s*"' + re.escape(name) + r'"[^}]*?dims:\s*\[)([^\]]*)(\])')
+        match = pattern.search(text)
+        if match is None:
+            raise ValueError(f"{config_path} has no dims for tensor {name!r}")
+        dims = ", ".join(str(int(d)) for d in tensor["shape"][1:])
+        if [d.strip() for d in match.group(2).split(",") if d.strip()] != [d.strip() for d in dims.split(",")]:
+            changed.append(name)
+            text = text[: match.start(2)] + f" {dims} " + text[match.end(2) :]
+    if changed:
+        config_path.write_text(text)
+        LOGGER.info("%s: dims of %s set from the engine", config_path, changed)
+    return changed
+
+
 def build_engine(
     spec: ModelSpec,
     out_dir: pathlib.Path,
@@ -159,6 +183,8 @@ def build_engine(
     # The MagicMind BuilderConfig for this ONNX artifact, next to it (an MLU host builds model.mm from both).
     manifest = with_builder_config(manifest, spec, out_dir)
     manifest.write(out_dir)
+    if (config := out_dir.parent / "config.pbtxt").exists():
+        sync_config(config, manifest)
     return manifest
 
 
@@ -195,4 +221,6 @@ def build_null_manifest(spec: ModelSpec, out_dir: pathlib.Path, size: str = "ful
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest.write(out_dir)
+    if (config := out_dir.parent / "config.pbtxt").exists():
+        sync_config(config, manifest)
     return manifest

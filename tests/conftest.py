@@ -1,6 +1,14 @@
 """Shared fixtures: tiny engines in a copy of triton_repo/, a real tritonserver, the gateway app.
 
-Tests use the small (``tiny``) model configurations for speed; every component is real.
+Tests use the small (``tiny``) model configurations for speed; every component is real, except
+in the ``unit`` tier, which may use the labelled fakes of ``tests/fakes.py`` behind their seams.
+
+Tiers (markers): a test is ``e2e`` when it uses one of :data:`E2E_FIXTURES`, is in one of
+:data:`E2E_MODULES` or is marked ``e2e`` itself (tests that start their own tritonserver,
+Prometheus or gateway process, or run the PyTorch builder); every other test is ``unit``, and a
+``unit`` test that tries to start a tritonserver fails (:func:`_unit_tier_guard`), so the split
+cannot drift.
+``pytest -m unit`` is the fast tier; the default command runs both.
 """
 
 from __future__ import annotations
@@ -18,11 +26,58 @@ from fastapi.testclient import TestClient
 
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings, create_app
-from magicmind_build.build import build_engine
-from magicmind_build.specs import SPECS
 from triton_local import TritonServer, TritonServerConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+E2E_FIXTURES = frozenset(
+    {"model_repo", "qa_only_repo", "ghost_model_repo", "triton", "settings", "client", "gateway_url", "engines"}
+    | {"own_triton", "own_triton_module", "start_gateway"}
+)
+
+# Whole modules in the e2e tier although they use none of E2E_FIXTURES.
+E2E_MODULES = frozenset(
+    ROOT / "tests" / path
+    for path in (
+        "reliability",  # everything under it
+        "triton_local/test_server.py",  # starts its own tritonservers
+        "magicmind_build/test_build.py",  # the real builder: PyTorch export to ONNX, then ONNX Runtime
+        "magicmind_build/test_models.py",
+        "magicmind_build/test_bench.py",
+        "magicmind_build/test_null_engine.py",
+        "engine_runtime/test_package_boundary.py",  # fresh interpreters importing the packages
+        "gateway/test_detect_nanodet.py",  # e2e by its fixtures; listed so `-m unit` skips importing PyTorch
+    )
+)
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) -> bool | None:
+    """Under ``-m unit`` the e2e-only modules are not even imported (they pull in PyTorch)."""
+    if config.getoption("markexpr", "") != "unit":
+        return None
+    path = collection_path.resolve()
+    return True if path in E2E_MODULES or not E2E_MODULES.isdisjoint(path.parents) else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("unit"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        path = pathlib.Path(item.path).resolve()
+        e2e = fixtures & E2E_FIXTURES or path in E2E_MODULES or not E2E_MODULES.isdisjoint(path.parents)
+        item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test may not start a tritonserver: mark it ``e2e`` (or use tests/fakes.py)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self: TritonServer) -> None:
+        raise AssertionError(f"{request.node.nodeid} is in the unit tier but starts a tritonserver: mark it e2e")
+
+    monkeypatch.setattr(TritonServer, "start", refuse)
 
 
 def free_port() -> int:
@@ -41,6 +96,9 @@ def triton_config(repo: pathlib.Path, log_file: pathlib.Path, **ports: int) -> T
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A copy of ``triton_repo/`` with tiny engines built into it."""
+    from magicmind_build.build import build_engine  # PyTorch: imported only when engines are built
+    from magicmind_build.specs import SPECS
+
     repo = tmp_path_factory.mktemp("repo") / "triton_repo"
     shutil.copytree(ROOT / "triton_repo", repo, ignore=shutil.ignore_patterns("*.onnx", "manifest.json", "__pycache__"))
     for name, spec in SPECS.items():
@@ -53,6 +111,18 @@ def qa_only_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFact
     """A repository holding only ``bert_qa`` (a Triton that starts fast, for restart tests)."""
     repo = tmp_path_factory.mktemp("qa_only") / "repo"
     shutil.copytree(model_repo / "bert_qa", repo / "bert_qa")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def ghost_model_repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """For the gateway only: every model's configuration plus ``no_such_model`` (bert_qa's, renamed),
+    which no tritonserver serves, so its inferences fail in Triton (the gateway knows its sizes)."""
+    repo = tmp_path_factory.mktemp("ghost") / "repo"
+    shutil.copytree(model_repo, repo, ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    (repo / "no_such_model").mkdir()
+    config = (model_repo / "bert_qa" / "config.pbtxt").read_text().replace('"bert_qa"', '"no_such_model"')
+    (repo / "no_such_model" / "config.pbtxt").write_text(config)
     return repo
 
 
@@ -104,6 +174,8 @@ def gateway_url(settings: Settings) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def engines(model_repo: pathlib.Path) -> dict[str, OnnxRuntimeEngine]:
     """The same artifacts Triton serves, loaded directly: the bare-engine reference."""
+    from magicmind_build.specs import SPECS
+
     return {name: OnnxRuntimeEngine(model_repo / name / "1" / "model.onnx") for name in SPECS}
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
+from gateway.model_io import ModelIO
 from gateway.processing.images import load_image, read_header
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
@@ -40,6 +41,11 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         self.model = model
         self.client = client
         self.metrics = metrics
+        self.io: ModelIO | None = None
+
+    def bind(self, io: ModelIO) -> None:
+        """Take the model's tensor sizes (before serving); :class:`ShapeMismatch` when a setting disagrees."""
+        self.io = io
 
     @abc.abstractmethod
     def preprocess(self, request: RequestT) -> FeaturesT: ...

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from gateway.model_io import ModelIO, ShapeMismatch, resolve
 from gateway.processing.classification import top_k
 from gateway.processing.images import resize_center_crop
 from gateway.tasks.base import ImageTask
@@ -24,10 +25,20 @@ class ClassifyQuery:
 
 class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]):
     TASK = "classify"
+    crop: int
+
+    def bind(self, io: ModelIO) -> None:
+        super().bind(io)
+        self.crop = resolve("classify_crop", self.settings.classify_crop, io.image_size(), io.name)
+        if self.settings.classify_resize < self.crop:
+            raise ShapeMismatch(
+                f"GATEWAY_CLASSIFY_RESIZE={self.settings.classify_resize} is smaller than {io.name}'s "
+                f"{self.crop}-pixel crop"
+            )
 
     def preprocess(self, request: ClassifyQuery) -> np.ndarray:
         image = self.load(request)
-        return resize_center_crop(image, self.settings.classify_resize, self.settings.classify_crop)[None]
+        return resize_center_crop(image, self.settings.classify_resize, self.crop)[None]
 
     async def infer(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return await self._infer_rows({"images": features}, ["logits"])

@@ -10,6 +10,7 @@ import numpy as np
 from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
+from gateway.model_io import ModelIO, resolve
 from gateway.processing.detection import Detections, postprocess_detections
 from gateway.processing.images import Letterbox, letterbox
 from gateway.processing.nanodet import nanodet_to_yolo
@@ -20,7 +21,6 @@ from gateway.triton import TritonClient
 
 OUTPUT = "output0"
 NANODET_OUTPUTS = ("scores", "distances")
-NANODET_IMG_SIZE = 416  # the shipped graph's input; a manifest's ``config.img_size`` takes precedence
 
 
 def is_nanodet(model: ModelInfo) -> bool:
@@ -63,9 +63,15 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
         self._regions: OutputRegions | None = None
         self._regions_lock = asyncio.Lock()
         self.nanodet = is_nanodet(model)
-        config_size = (model.config or {}).get("img_size")
-        default_size = NANODET_IMG_SIZE if self.nanodet else settings.detect_img_size
-        self.img_size = int(config_size) if self.nanodet and isinstance(config_size, int) else default_size
+        self.img_size = 0  # from the model's configuration: bind()
+
+    def bind(self, io: ModelIO) -> None:
+        super().bind(io)
+        size = io.image_size()
+        # detect_img_size is the YOLO-format detectors' setting; NanoDet always follows its model.
+        self.img_size = (
+            size if self.nanodet else resolve("detect_img_size", self.settings.detect_img_size, size, io.name)
+        )
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
         image = self.load(request)

@@ -10,6 +10,7 @@ from tokenizers.implementations import BaseTokenizer, BertWordPieceTokenizer
 from gateway.catalog import ModelInfo
 from gateway.errors import InvalidText, TooManyWindows
 from gateway.metrics import Metrics
+from gateway.model_io import ModelIO, ShapeMismatch, read_model_io, resolve
 from gateway.processing.qa import (
     QAFeatures,
     Span,
@@ -26,10 +27,22 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUTS = ["start_logits", "end_logits"]
 
 
-def load_tokenizer(settings: Settings) -> BaseTokenizer:
-    """An uncased BERT WordPiece fast tokenizer (``settings.qa_vocab``), windowed as the settings say."""
-    tokenizer = BertWordPieceTokenizer(str(settings.qa_vocab), lowercase=True)
-    return configure_tokenizer(tokenizer, settings.qa_max_seq_len, settings.qa_doc_stride)
+def new_tokenizer(settings: Settings) -> BaseTokenizer:
+    """An uncased BERT WordPiece fast tokenizer (``settings.qa_vocab``), not yet windowed."""
+    return BertWordPieceTokenizer(str(settings.qa_vocab), lowercase=True)
+
+
+def load_tokenizer(settings: Settings, seq_len: int | None = None) -> BaseTokenizer:
+    """An uncased BERT WordPiece fast tokenizer (``settings.qa_vocab``) cutting ``seq_len``-token windows.
+
+    ``seq_len`` None: the QA model's, read from the model repository (as the gateway does at start-up).
+    """
+    if seq_len is None:
+        io = read_model_io(settings.model_repository, settings.qa_model)
+        if io is None:
+            raise ShapeMismatch(f"no configuration of {settings.qa_model} under {settings.model_repository}")
+        seq_len = resolve("qa_max_seq_len", settings.qa_max_seq_len, io.seq_len(), io.name)
+    return configure_tokenizer(new_tokenizer(settings), seq_len, settings.qa_doc_stride)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +76,14 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
         super().__init__("qa", model, client, metrics)
         self.settings = settings
         self.tokenizer = tokenizer
+        self.seq_len = 0  # from the model's configuration: bind()
+        self.max_batch_size = 0
+
+    def bind(self, io: ModelIO) -> None:
+        super().bind(io)
+        self.seq_len = resolve("qa_max_seq_len", self.settings.qa_max_seq_len, io.seq_len(), io.name)
+        self.max_batch_size = io.max_batch_size
+        configure_tokenizer(self.tokenizer, self.seq_len, self.settings.qa_doc_stride)
 
     def preprocess(self, request: QAQuery) -> QAFeatures:
         if len(request.context) > self.settings.qa_max_context_chars:
@@ -72,20 +93,18 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
         features = encode_qa(self.tokenizer, request.question, request.context, self.settings.qa_max_question_tokens)
         if features.windows > self.settings.qa_max_windows:
             raise TooManyWindows(
-                f"context needs {features.windows} windows of {self.settings.qa_max_seq_len} tokens; "
+                f"context needs {features.windows} windows of {self.seq_len} tokens; "
                 f"the limit is {self.settings.qa_max_windows}"
             )
         return features
 
     async def infer(self, features: QAFeatures) -> dict[str, np.ndarray]:
-        # The model's batch bound is read per request (a reloaded model may change it).
-        max_batch = await self.client.max_batch_size(self.model.name)
         inputs = {name: getattr(features, name) for name in INPUTS}
         # One call at a time: between them, other requests' rows enter Triton's batching queue,
         # so a long context cannot hold the engine; cancelling this coroutine (deadline, client
         # gone) cancels the call in flight, and the remaining ones are never sent.
         results = []
-        for rows in window_chunks(features.windows, self.settings.qa_chunk_rows, max_batch):
+        for rows in window_chunks(features.windows, self.settings.qa_chunk_rows, self.max_batch_size):
             results.append(await self._infer_rows({name: array[rows] for name, array in inputs.items()}, OUTPUTS))
         return {name: np.concatenate([r[name] for r in results]) for name in OUTPUTS}
 

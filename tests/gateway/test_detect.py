@@ -10,13 +10,15 @@ from PIL import Image
 
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
+from gateway.model_io import read_model_io
 from gateway.processing.detection import postprocess_detections
 from gateway.processing.images import decode_image, letterbox
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
     image = decode_image(data, settings.max_image_pixels)
-    canvas, box = letterbox(image, settings.detect_img_size)
+    size = read_model_io(settings.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
+    canvas, box = letterbox(image, size)
     return engine.run({"images": canvas[None]})["output0"][0], box
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from gateway import Settings, create_app
+from gateway.errors import TritonUnavailable
 from tests.conftest import free_port
 
 
@@ -113,8 +115,9 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "http_error"
 
 
-def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
-    broken = settings.model_copy(update={"qa_model": "no_such_model"})
+def test_triton_error_is_502_and_readiness_drops(settings: Settings, ghost_model_repo: pathlib.Path) -> None:
+    # The gateway knows the QA model's sizes, but Triton does not serve it: inference fails.
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_repository": ghost_model_repo})
     with TestClient(create_app(broken)) as test_client:
         _assert_error(
             test_client.post("/qa", json={"question": "who?", "context": "Ada did."}), 502, "inference_failed"
@@ -122,6 +125,12 @@ def test_triton_error_is_502_and_readiness_drops(settings: Settings) -> None:
         ready = test_client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["models"]["no_such_model"] is False
+
+
+def test_a_model_neither_the_repository_nor_triton_knows_stops_start_up(settings: Settings) -> None:
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_config_wait_s": 0.5})
+    with pytest.raises(TritonUnavailable, match=r"no_such_model.*model_config_wait_s"), TestClient(create_app(broken)):
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from tests.conftest import free_port, triton_config
 from triton_local import TritonServer
 
 
-def test_request_during_triton_restart_is_answered(qa_only_repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_request_during_triton_restart_is_answered(
+    qa_only_repo: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
 
     def server() -> TritonServer:
@@ -20,7 +22,7 @@ def test_request_during_triton_restart_is_answered(qa_only_repo: pathlib.Path, t
 
     settings = Settings(
         triton_url=f"127.0.0.1:{ports['grpc_port']}",
-        model_repository=qa_only_repo,
+        model_repository=model_repo,  # every model's sizes; Triton serves only bert_qa (/qa is used)
         triton_retries=10,
         triton_retry_backoff_s=0.1,
         _env_file=None,  # type: ignore[call-arg]

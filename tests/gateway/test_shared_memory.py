@@ -102,18 +102,21 @@ def test_concurrent_first_requests_share_one_pool_and_leak_nothing(settings: Set
     import numpy as np
 
     from gateway.metrics import Metrics
+    from gateway.model_io import read_model_io
     from gateway.processing.images import letterbox
     from gateway.services import Services
     from gateway.tasks.detect import DetectFeatures
 
     before = set(_regions(triton))
     enabled = settings.model_copy(update={"triton_shared_memory": True, "triton_shared_memory_regions": 4})
-    canvas, box = letterbox(np.zeros((64, 64, 3), np.uint8), enabled.detect_img_size)
+    size = read_model_io(enabled.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
+    canvas, box = letterbox(np.zeros((64, 64, 3), np.uint8), size)
     features = DetectFeatures(canvas[None], box)
     ours = f"gw-{os.getpid()}-"
 
     async def run() -> set[str]:
         services = Services.create(enabled, Metrics())
+        await services.bind(enabled)
         yolo = services.detectors["yolov5n"]  # the model whose 8.5 MB output goes through shared memory
         try:
             # Both coroutines reach the pool before either has it: the race of two first requests.

@@ -105,3 +105,41 @@ def test_engine_failures_are_engine_errors(model_repo: pathlib.Path) -> None:
     engine = load_engine(model_repo / "resnet50_vd" / "1" / "model.onnx")
     with pytest.raises(EngineError):
         engine.run({"images": np.zeros((1, 3, 224, 224), np.uint8)})  # NCHW instead of NHWC
+
+
+def test_an_input_size_changed_in_the_spec_reaches_triton_config_and_gateway(tmp_path: pathlib.Path) -> None:
+    """One place to change a model's input size: its spec. The build writes it into config.pbtxt,
+    and the gateway takes it from there (here over the FAKE gRPC client, unit-style)."""
+    import dataclasses
+    import io
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from gateway import Settings, create_app
+    from gateway.triton import TritonClient
+    from tests.fakes import ROOT, FakeTritonGrpc
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "triton_repo", repo, ignore=shutil.ignore_patterns("*.onnx", "manifest.json"))
+    spec = SPECS["resnet50_vd"]
+    small = dataclasses.replace(spec, configs={"tiny": dataclasses.replace(spec.configs["tiny"], img_size=160)})
+    build_engine(small, repo / "resnet50_vd" / "1", size="tiny")
+    assert "dims: [ 160, 160, 3 ]" in (repo / "resnet50_vd" / "config.pbtxt").read_text()
+
+    settings = Settings(
+        model_repository=repo,
+        classify_models=["resnet50_vd"],
+        health_probe_interval_s=0,
+        latency_budget_s=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    fake = FakeTritonGrpc(repo)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(buffer, "PNG")
+    app = create_app(settings, triton_client=lambda: TritonClient.from_settings(settings, fake))
+    with TestClient(app) as client:
+        response = client.post("/classify", files={"file": ("x.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200, response.text
+    assert fake.calls[-1].inputs["images"].shape == (1, 160, 160, 3)

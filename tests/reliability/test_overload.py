@@ -94,11 +94,11 @@ def queue_of_one(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFact
 
 
 def test_triton_queue_full_is_503_overloaded_and_not_retried(
-    queue_of_one: TritonServer, chelsea_jpeg: bytes, caplog: pytest.LogCaptureFixture
+    queue_of_one: TritonServer, model_repo: pathlib.Path, chelsea_jpeg: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(
         triton_url=queue_of_one.grpc_url,
-        model_repository=pathlib.Path(queue_of_one.config.model_repository),
+        model_repository=model_repo,  # every model's sizes (the gateway reads only configs there)
         classify_models=["resnet50_vd"],
         max_inflight=0,
         latency_budget_s=0,  # the gateway admits everything: Triton's queue policy is under test

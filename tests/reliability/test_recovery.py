@@ -29,7 +29,9 @@ from triton_local import TritonServer
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
 
 
-def test_gateway_serves_again_soon_after_triton_restart(qa_only_repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_gateway_serves_again_soon_after_triton_restart(
+    qa_only_repo: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
 
     def server() -> TritonServer:
@@ -37,7 +39,7 @@ def test_gateway_serves_again_soon_after_triton_restart(qa_only_repo: pathlib.Pa
 
     settings = Settings(
         triton_url=f"127.0.0.1:{ports['grpc_port']}",
-        model_repository=qa_only_repo,
+        model_repository=model_repo,  # every model's sizes; Triton serves only bert_qa (/qa is used)
         triton_retries=0,  # one attempt per request: each answer shows the channel's state
         _env_file=None,  # type: ignore[call-arg]
     )

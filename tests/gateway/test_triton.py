@@ -1,0 +1,137 @@
+"""The Triton client's retry and error mapping, over the FAKE gRPC client (unit tier).
+
+The same behaviours against a real tritonserver: tests/gateway/test_resilience.py (restart,
+retry), tests/gateway/test_errors.py, tests/reliability/test_overload.py (queue rejections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from gateway import deadline
+from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
+from gateway.health import ModelHealth
+from gateway.triton import TritonClient
+from tests.fakes import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, FakeTritonGrpc, grpc_error
+
+pytestmark = pytest.mark.unit
+
+ROWS = {"images": np.zeros((2, 224, 224, 3), np.uint8)}
+
+
+def client_over(fake: FakeTritonGrpc, retries: int = 2) -> TritonClient:
+    return TritonClient("triton.internal:8001", timeout_s=5.0, retries=retries, backoff_s=0.001, grpc_client=fake)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_inputs_and_outputs_travel_as_real_tensors() -> None:
+    fake = FakeTritonGrpc(responders={"resnet50_vd": lambda x: {"logits": np.ones((len(x["images"]), 1000), "f4")}})
+    out = run(client_over(fake).infer("resnet50_vd", ROWS, ["logits"]))
+    assert isinstance(out, dict)
+    assert out["logits"].shape == (2, 1000) and out["logits"].dtype == np.float32 and out["logits"].all()
+    (call,) = fake.calls
+    assert call.model == "resnet50_vd" and call.outputs == ["logits"]
+    np.testing.assert_array_equal(call.inputs["images"], ROWS["images"])
+
+
+def test_unavailable_is_retried_with_backoff_then_succeeds() -> None:
+    fake = FakeTritonGrpc()
+    fake.fail_next(grpc_error(UNAVAILABLE, "failed to connect to all addresses"), grpc_error(UNAVAILABLE, "again"))
+    out = run(client_over(fake, retries=2).infer("resnet50_vd", ROWS, ["logits"]))
+    assert isinstance(out, dict) and out["logits"].shape == (2, 1000)
+    assert len(fake.calls) == 3
+
+
+def test_unavailable_past_the_retries_is_503_without_the_address() -> None:
+    fake = FakeTritonGrpc()
+    fake.fail_next(*[grpc_error(UNAVAILABLE, "failed to connect to all addresses")] * 3)
+    with pytest.raises(TritonUnavailable) as raised:
+        run(client_over(fake, retries=2).infer("resnet50_vd", ROWS, ["logits"]))
+    assert len(fake.calls) == 3
+    assert raised.value.status_code == 503
+    assert "triton.internal" not in raised.value.message and "triton.internal" in raised.value.detail
+
+
+@pytest.mark.parametrize("text", ["Exceeds maximum queue size", "Request timeout expired"])
+def test_a_queue_rejection_is_overloaded_and_never_retried(text: str) -> None:
+    fake = FakeTritonGrpc()
+    fake.fail_next(grpc_error(UNAVAILABLE, text))
+    with pytest.raises(Overloaded) as raised:
+        run(client_over(fake, retries=3).infer("resnet50_vd", ROWS, ["logits"]))
+    assert len(fake.calls) == 1
+    assert raised.value.status_code == 503 and raised.value.code == "overloaded"
+
+
+def test_deadline_exceeded_is_504_and_other_errors_502() -> None:
+    fake = FakeTritonGrpc()
+    fake.fail_next(grpc_error(DEADLINE_EXCEEDED, "Deadline Exceeded"), grpc_error(INTERNAL, "engine exploded"))
+    client = client_over(fake)
+    with pytest.raises(UpstreamTimeout):
+        run(client.infer("resnet50_vd", ROWS, ["logits"]))
+    with pytest.raises(InferenceFailed) as raised:
+        run(client.infer("resnet50_vd", ROWS, ["logits"]))
+    assert raised.value.status_code == 502 and "engine exploded" in raised.value.detail
+    assert len(fake.calls) == 2  # neither retried
+
+
+def test_the_request_deadline_caps_the_call_and_a_passed_one_sends_nothing() -> None:
+    fake = FakeTritonGrpc()
+    client = client_over(fake)
+
+    async def with_deadline(seconds_left: float) -> None:
+        token = deadline.current.set(time.monotonic() + seconds_left)
+        try:
+            await client.infer("resnet50_vd", ROWS, ["logits"])
+        finally:
+            deadline.current.reset(token)
+
+    run(with_deadline(0.5))
+    (call,) = fake.calls
+    assert call.timeout_s is not None and 0 < call.timeout_s <= 0.5  # not the client's 5 s
+    with pytest.raises(UpstreamTimeout):
+        run(with_deadline(-0.1))
+    assert len(fake.calls) == 1  # nothing sent
+
+
+def test_a_model_that_cannot_serve_is_recorded_unhealthy_and_heals() -> None:
+    fake = FakeTritonGrpc()
+    client = client_over(fake, retries=0)
+    client.health = ModelHealth(["resnet50_vd"])
+    fake.fail_next(grpc_error(INTERNAL, "Model 'resnet50_vd' version 1 is not healthy"))
+    with pytest.raises(InferenceFailed):
+        run(client.infer("resnet50_vd", ROWS, ["logits"]))
+    assert "resnet50_vd" in client.health.unhealthy()
+    run(client.infer("resnet50_vd", ROWS, ["logits"]))
+    assert client.health.unhealthy() == {}
+
+
+def test_a_bad_request_does_not_mark_the_model_unhealthy() -> None:
+    fake = FakeTritonGrpc()
+    client = client_over(fake, retries=0)
+    client.health = ModelHealth(["resnet50_vd"])
+    fake.fail_next(grpc_error(INTERNAL, "unexpected shape for input 'images'"))
+    with pytest.raises(InferenceFailed):
+        run(client.infer("resnet50_vd", ROWS, ["logits"]))
+    assert client.health.unhealthy() == {}
+
+
+def test_model_io_and_probe_read_the_served_config() -> None:
+    fake = FakeTritonGrpc()
+    client = client_over(fake)
+    io = run(client.model_io(["bert_qa"], wait_s=1.0))
+    assert isinstance(io, dict) and io["bert_qa"].max_batch_size == 64 and io["bert_qa"].seq_len() == 128
+    run(client.probe("bert_qa", timeout_s=1.0))
+    (call,) = fake.calls
+    assert call.request_id == "probe" and call.outputs == ["start_logits"]
+    assert {name: a.shape for name, a in call.inputs.items()} == {
+        "input_ids": (1, 128),
+        "attention_mask": (1, 128),
+        "token_type_ids": (1, 128),
+    }
