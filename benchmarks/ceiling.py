@@ -183,7 +183,7 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         "GATEWAY_PORT": str(port),
         "GATEWAY_TRITON_URL": triton_grpc,
         "GATEWAY_MODEL_REPOSITORY": str(repo),
-        "GATEWAY_TRITON_SHARED_MEMORY": "true",
+        "GATEWAY_TRITON_SHARED_MEMORY": os.environ.get("GATEWAY_TRITON_SHARED_MEMORY", "true"),
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_LOG_LEVEL": "warning",
     }
@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(rows: list[Row], note: str, out: pathlib.Path) -> None:
-    order = (["qa", "detect", "classify", "classify_lite"], ["real", "null"], ["gateway", "triton", "bare"])
+    endpoints = ["qa", "detect", "detect_yolov5n", "detect_nanodet", "classify", "classify_lite"]
+    order = (endpoints, ["real", "null"], ["gateway", "triton", "bare"])
     rows = sorted(
         rows,
         key=lambda r: (order[0].index(r.endpoint), order[1].index(r.engine), order[2].index(r.path), r.workers or 0),

@@ -107,7 +107,7 @@ SPECS: dict[str, ModelSpec] = {
             factory=YoloV5,
             example_inputs=_image_inputs,
             input_names=("images",),
-            output_names=("output0",),
+            output_names=("detections",),
         ),
         ModelSpec(
             name="resnet50_vd",
@@ -142,7 +142,7 @@ SPECS: dict[str, ModelSpec] = {
             factory=NanoDet,
             example_inputs=_image_inputs,
             input_names=("images",),
-            output_names=("scores", "distances"),
+            output_names=("detections",),
             pretrained=_nanodet_weights,
             pretrained_source=_nanodet_source,
         ),

@@ -17,12 +17,12 @@ from gateway.processing.images import decode_image, letterbox
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
     image = decode_image(data, settings.max_image_pixels)
     canvas, box = letterbox(image, settings.detect_img_size)
-    return engine.run({"images": canvas[None]})["output0"][0], box
+    return engine.run({"images": canvas[None]})["detections"][0], box
 
 
 def threshold_for(prediction: np.ndarray, n: int) -> float:
     """A confidence threshold that lets about ``n`` candidates through (the model is untrained)."""
-    scores = (prediction[:, 5:] * prediction[:, 4:5]).max(axis=1)
+    scores = prediction[:, 4]
     for value in np.unique(scores)[::-1]:  # untrained outputs tie a lot: step over distinct values
         if (scores > value).sum() >= n:
             return float(value)
