@@ -48,17 +48,20 @@ def test_engine_matches_torch_and_takes_any_batch(model_repo: pathlib.Path, name
 
 
 def _assert_same_detections(served: np.ndarray, ref: np.ndarray) -> None:
-    """Score-sorted top-k rows: the scores agree; a row's box and class agree wherever its score is
-    clear of its neighbours' (rounding may swap rows whose scores (nearly) tie)."""
-    np.testing.assert_allclose(served[..., 4], ref[..., 4], rtol=1e-3, atol=1e-4)
+    """Score-sorted top-k rows: the scores agree, and the rows scored clearly above the k-th (in both
+    top-k whatever the rounding) hold the same classes and boxes. Compared as multisets: rows whose
+    scores tie, as the untrained YOLO's do by the thousand, may come in another order (ONNX Runtime
+    orders ties by index, torch does not promise to)."""
+    np.testing.assert_allclose(served[..., 4], ref[..., 4], rtol=1e-3, atol=1e-6)
     assert (np.diff(served[..., 4], axis=1) <= 0).all()
-    gap = np.abs(np.diff(ref[..., 4], axis=1))
-    clear = np.ones(ref.shape[:2], dtype=bool)
-    clear[:, 1:] &= gap > 1e-3
-    clear[:, :-1] &= gap > 1e-3
-    assert clear.sum() >= 1
-    np.testing.assert_allclose(served[clear][:, :4], ref[clear][:, :4], rtol=1e-3, atol=1e-2)
-    np.testing.assert_array_equal(served[clear][:, 5], ref[clear][:, 5])
+    tie = 10 * float(np.abs(served[..., 4] - ref[..., 4]).max()) + 1e-9
+    for image_rows, ref_rows in zip(served, ref):
+        floor = ref_rows[-1, 4] + 2 * tie
+        ours, theirs = image_rows[image_rows[:, 4] > floor], ref_rows[ref_rows[:, 4] > floor]
+        assert len(ours) == len(theirs) > 0
+        np.testing.assert_array_equal(np.bincount(ours[:, 5].astype(int)), np.bincount(theirs[:, 5].astype(int)))
+        for column in range(4):
+            np.testing.assert_allclose(np.sort(ours[:, column]), np.sort(theirs[:, column]), rtol=1e-3, atol=1e-2)
 
 
 def test_manifests_say_where_weights_come_from(model_repo: pathlib.Path) -> None:
