@@ -10,8 +10,8 @@ JSON file and a PNG plot (throughput vs concurrency per path) to ``--out``::
 Paths, for each engine kind (``real``: the ONNX engines in ``--repo``; ``null``: the benchmark-only
 null engine, zero outputs of the real shapes at no engine cost, served with ``MM_ALLOW_NULL_ENGINE=1``):
 
-- ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; YOLO's output
-  through shared memory, as the local stack runs it);
+- ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; the detectors'
+  output through shared memory, as the local stack runs it, unless ``GATEWAY_TRITON_SHARED_MEMORY=false``);
 - ``triton``: ``tritonclient.grpc.aio`` with the preprocessed tensors straight to Triton (plain gRPC);
 - ``bare``: the engine called in this process, batch = concurrency.
 
@@ -183,7 +183,7 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         "GATEWAY_PORT": str(port),
         "GATEWAY_TRITON_URL": triton_grpc,
         "GATEWAY_MODEL_REPOSITORY": str(repo),
-        "GATEWAY_TRITON_SHARED_MEMORY": "true",
+        "GATEWAY_TRITON_SHARED_MEMORY": os.environ.get("GATEWAY_TRITON_SHARED_MEMORY", "true"),
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_LOG_LEVEL": "warning",
     }
@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(rows: list[Row], note: str, out: pathlib.Path) -> None:
-    order = (["qa", "detect", "classify", "classify_lite"], ["real", "null"], ["gateway", "triton", "bare"])
+    endpoints = ["qa", "detect", "detect_yolov5n", "detect_nanodet", "classify", "classify_lite"]
+    order = (endpoints, ["real", "null"], ["gateway", "triton", "bare"])
     rows = sorted(
         rows,
         key=lambda r: (order[0].index(r.endpoint), order[1].index(r.engine), order[2].index(r.path), r.workers or 0),

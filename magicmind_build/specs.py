@@ -111,7 +111,7 @@ SPECS: dict[str, ModelSpec] = {
             factory=YoloV5,
             example_inputs=_image_inputs,
             input_names=("images",),
-            output_names=("output0",),
+            output_names=("detections",),
             batch_range=(1, 16),
         ),
         ModelSpec(
@@ -147,7 +147,7 @@ SPECS: dict[str, ModelSpec] = {
             factory=NanoDet,
             example_inputs=_image_inputs,
             input_names=("images",),
-            output_names=("scores", "distances"),
+            output_names=("detections",),
             pretrained=_nanodet_weights,
             pretrained_source=_nanodet_source,
         ),

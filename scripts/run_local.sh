@@ -51,7 +51,7 @@ wait_for() {  # url, name, seconds
 pids+=($!)
 wait_for http://127.0.0.1:8000/v2/health/ready tritonserver 600
 
-# Same host as Triton: YOLO outputs come back through shared memory instead of gRPC.
+# Same host as Triton: the detectors' outputs come back through shared memory instead of gRPC.
 GATEWAY_TRITON_URL=127.0.0.1:8001 GATEWAY_MODEL_REPOSITORY=triton_repo GATEWAY_PORT=8080 GATEWAY_TRITON_SHARED_MEMORY=true \
   .venv/bin/python -m gateway >"$RUN_DIR/gateway.log" 2>&1 &
 pids+=($!)

@@ -1,4 +1,4 @@
-"""Object detection: YOLOv5 (``output0``) or NanoDet (``scores`` + ``distances``), one post-processing."""
+"""Object detection: YOLOv5 or NanoDet, both returning ``detections`` [B, 3000, 6], one post-processing."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ from gateway.metrics import Metrics
 from gateway.model_io import ModelIO, resolve
 from gateway.processing.detection import Detections, postprocess_detections
 from gateway.processing.images import Letterbox, letterbox
-from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.tasks.base import ImageTask
 from gateway.triton import TritonClient
 
-OUTPUT = "output0"
-NANODET_OUTPUTS = ("scores", "distances")
+OUTPUT = "detections"  # cx, cy, w, h, score, class_id; the best 3000 per image, best first (72 kB)
 
 
 def is_nanodet(model: ModelInfo) -> bool:
@@ -79,12 +77,10 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:
-        if self.nanodet:  # 1.7 MB of outputs: plain gRPC
-            return await self._infer_rows({"images": features.tensor}, list(NANODET_OUTPUTS), None)
         return await self._infer_rows({"images": features.tensor}, [OUTPUT], await self._output_regions())
 
     async def _output_regions(self) -> OutputRegions | None:
-        """The shared-memory pool for the 8.5 MB output, when enabled (created on first use)."""
+        """The shared-memory pool for the output, when enabled (created on first use)."""
         if not self.settings.triton_shared_memory:
             return None
         if self._regions is None:
@@ -103,12 +99,8 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
     ) -> tuple[Detections, Letterbox]:
-        if self.nanodet:
-            prediction = nanodet_to_yolo(outputs["scores"][0], outputs["distances"][0], self.img_size)
-        else:
-            prediction = outputs[OUTPUT][0]
         detections = postprocess_detections(
-            prediction,
+            outputs[OUTPUT][0],
             features.letterbox,
             request.conf_threshold,
             request.iou_threshold,

@@ -8,9 +8,13 @@ Weights are loaded by name: ``params.`` + the TF.js weight name with ``/`` and `
 
 Engine: uint8 NHWC RGB [B, 416, 416, 3] in (the gateway letterboxes to 416x416); inside the graph the
 channels are flipped to BGR and normalised with NanoDet's ``(x - [103.53, 116.28, 123.675]) / [57.375,
-57.12, 58.395]`` (BGR order; the shipped graph has no normalisation of its own). Out:
-``scores`` fp32 [B, 3549, 80] per-class sigmoid scores and ``distances`` fp32 [B, 3549, 4, 11] GFL
-box-side logits, anchor points in the order stride 8 (52x52), 16 (26x26), 32 (13x13), row-major.
+57.12, 58.395]`` (BGR order; the shipped graph has no normalisation of its own). The shipped graph's
+heads (:meth:`NanoDet.raw`): ``scores`` fp32 [B, 3549, 80] per-class sigmoid scores and ``distances``
+fp32 [B, 3549, 4, 11] GFL box-side logits, anchor points in the order stride 8 (52x52), 16 (26x26),
+32 (13x13), row-major. The engine decodes them as NanoDet does (:class:`GflDecode`) and returns
+``detections`` fp32 [B, 3000, 6]: per box ``cx, cy, w, h`` in input pixels, the best class's sigmoid score
+(no separate objectness), its class id; the 3000 best scores, best first (see
+:mod:`magicmind_build.models._detections`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from magicmind_build.models._detections import TOP_K, TopDetections
 
 STRIDES = (8, 16, 32)
 # TF.js graph outputs, (scores, distances) per stride, as named in nanodet.json's signature.
@@ -61,11 +67,55 @@ class NanoDetConfig:
         img_size: square input size of the shipped graph.
         num_classes: COCO classes.
         reg_max: largest GFL distance bin (``reg_max + 1`` bins per box side).
+        top_k: boxes the engine returns per image, best score first (no score threshold is baked in).
     """
 
     img_size: int = 416
     num_classes: int = 80
     reg_max: int = 10
+    top_k: int = TOP_K
+
+
+def anchor_centers(img_size: int, strides: tuple[int, ...] = STRIDES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor-point centres [N, 2] (x, y) in input pixels and their strides [N], in the heads' row order."""
+    centers, steps = [], []
+    for stride in strides:
+        n = -(-img_size // stride)
+        ys, xs = torch.meshgrid(
+            torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij"
+        )
+        centers.append((torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1) + 0.5) * stride)
+        steps.append(torch.full((n * n,), float(stride)))
+    return torch.cat(centers), torch.cat(steps)
+
+
+class GflDecode(nn.Module):
+    """NanoDet's GFL box decode: each side's distance is the expectation of the softmax over its
+    ``reg_max + 1`` bins, times the stride, from the anchor centre ``(i + 0.5) * stride``; boxes are
+    clipped to the input and returned as ``cx, cy, w, h`` [B, N, 4].
+
+    Args:
+        img_size: square input size.
+        reg_max: largest distance bin.
+    """
+
+    centers: torch.Tensor
+    steps: torch.Tensor
+    bins: torch.Tensor
+
+    def __init__(self, img_size: int, reg_max: int) -> None:
+        super().__init__()
+        centers, steps = anchor_centers(img_size)
+        self.img_size = float(img_size)
+        self.register_buffer("centers", centers, persistent=False)
+        self.register_buffer("steps", steps.view(-1, 1), persistent=False)
+        self.register_buffer("bins", torch.arange(reg_max + 1, dtype=torch.float32), persistent=False)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        dist = (distances.softmax(dim=3) @ self.bins) * self.steps  # [B, N, 4]: l, t, r, b
+        top_left = (self.centers - dist[..., :2]).clamp(0.0, self.img_size)
+        bottom_right = (self.centers + dist[..., 2:]).clamp(0.0, self.img_size)
+        return torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), dim=2)
 
 
 def _float_name(name: str) -> str:
@@ -130,6 +180,8 @@ class NanoDet(nn.Module):
         weights = {w["name"]: w for g in topology["weightsManifest"] for w in g["weights"]}
         ints = {k: v for k, v in read_tfjs_weights(model_json).items() if v.dtype != np.float32}
         self.input = BgrNormInput()
+        self.decode = GflDecode(cfg.img_size, cfg.reg_max)
+        self.top = TopDetections(cfg.top_k)
         self.params = nn.ParameterDict()
         self._param_keys: dict[str, str] = {}
         self._ints: dict[str, np.ndarray] = dict(ints)
@@ -240,7 +292,17 @@ class NanoDet(nn.Module):
             return x.reshape(x.shape[0], *shape[1:])
         raise ValueError(f"unsupported graph op {op}")
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scores, distances = self.raw(images)
+        if scores.shape[1] != self.decode.centers.shape[0]:
+            raise ValueError(
+                f"graph returned {scores.shape[1]} anchor points, the decode expects "
+                f"{self.decode.centers.shape[0]} for {self.cfg.img_size}"
+            )
+        return self.top(self.decode(distances), scores)
+
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shipped graph's heads: ``scores`` [B, N, 80] (sigmoid), ``distances`` [B, N, 4, 11] (logits)."""
         env: dict[str, Any] = {}
         for node in self._nodes:
             op, name, inputs = node["op"], node["name"], node["inputs"]

@@ -2,8 +2,11 @@
 
 Module indices and parameter names match Ultralytics' ``model.N...`` keys, so the ``state_dict`` of
 an Ultralytics checkpoint (``torch.save(ckpt["model"].float().state_dict(), "yolov5n_sd.pt")``)
-loads unchanged. The graph takes uint8 NHWC RGB [B, 640, 640, 3] and returns decoded predictions
-[B, 25200, 85]: ``cx, cy, w, h`` in input pixels, objectness, 80 class probabilities.
+loads unchanged. The graph takes uint8 NHWC RGB [B, 640, 640, 3]; its decoded predictions
+[B, 25200, 85] (``cx, cy, w, h`` in input pixels, objectness, 80 class probabilities;
+:meth:`YoloV5.predictions`) are reduced inside the graph to ``detections`` [B, 3000, 6]: per box
+``cx, cy, w, h``, score = objectness x best class probability, class id; the 3000 best scores, best
+first (see :mod:`magicmind_build.models._detections`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from magicmind_build.models._detections import TOP_K, TopDetections
 from magicmind_build.models._image_input import Uint8NHWCInput
 
 ANCHORS = (
@@ -33,12 +37,14 @@ class YoloV5Config:
         width_multiple: scales channel counts (0.25 for ``n``).
         num_classes: number of classes (80 for COCO).
         img_size: square input size the engine is built for.
+        top_k: boxes the engine returns per image, best score first (no score threshold is baked in).
     """
 
     depth_multiple: float = 0.33
     width_multiple: float = 0.25
     num_classes: int = 80
     img_size: int = 640
+    top_k: int = TOP_K
 
 
 def _autopad(k: int, p: int | None) -> int:
@@ -155,7 +161,7 @@ class Detect(nn.Module):
 
 
 class YoloV5(nn.Module):
-    """Input ``images`` uint8 [B, S, S, 3] RGB (letterboxed); output ``output0`` float32 [B, N, 85]."""
+    """Input ``images`` uint8 [B, S, S, 3] RGB (letterboxed); output ``detections`` float32 [B, top_k, 6]."""
 
     def __init__(self, cfg: YoloV5Config) -> None:
         super().__init__()
@@ -196,8 +202,15 @@ class YoloV5(nn.Module):
         ]
         self.input = Uint8NHWCInput()
         self.model = nn.Sequential(*layers)
+        self.top = TopDetections(cfg.top_k)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        prediction = self.predictions(images)
+        # The same float32 product the gateway used to compute: objectness x class probability.
+        return self.top(prediction[..., :4], prediction[..., 5:] * prediction[..., 4:5])
+
+    def predictions(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoded head before the reduction: [B, N, 85] (``cx, cy, w, h``, objectness, classes)."""
         m = self.model
         x = self.input(images)
         x = m[1](m[0](x))

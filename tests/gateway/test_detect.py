@@ -19,12 +19,12 @@ def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tu
     image = decode_image(data, settings.max_image_pixels)
     size = read_model_io(settings.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
     canvas, box = letterbox(image, size)
-    return engine.run({"images": canvas[None]})["output0"][0], box
+    return engine.run({"images": canvas[None]})["detections"][0], box
 
 
 def threshold_for(prediction: np.ndarray, n: int) -> float:
     """A confidence threshold that lets about ``n`` candidates through (the model is untrained)."""
-    scores = (prediction[:, 5:] * prediction[:, 4:5]).max(axis=1)
+    scores = prediction[:, 4]
     for value in np.unique(scores)[::-1]:  # untrained outputs tie a lot: step over distinct values
         if (scores > value).sum() >= n:
             return float(value)

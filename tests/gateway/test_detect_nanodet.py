@@ -20,7 +20,6 @@ from gateway import Settings
 from gateway.catalog import ModelInfo
 from gateway.processing.detection import Detections, box_iou, postprocess_detections
 from gateway.processing.images import decode_image, letterbox
-from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.services import default_detector
 
 CONF = 0.2
@@ -48,8 +47,7 @@ def bare_nanodet(settings: Settings, engine: OnnxRuntimeEngine, data: bytes, con
     """The same artifact under ONNX Runtime with the gateway's pre/post code, no Triton."""
     image = decode_image(data, settings.max_image_pixels)
     canvas, box = letterbox(image, 416)
-    out = engine.run({"images": canvas[None]})
-    rows = nanodet_to_yolo(out["scores"][0], out["distances"][0], 416)
+    rows = engine.run({"images": canvas[None]})["detections"][0]
     return postprocess_detections(rows, box, conf, settings.detect_iou_threshold, settings.detect_max_det)
 
 

@@ -1,4 +1,4 @@
-"""YOLO's output through system shared memory: the same answers as over gRPC, and robust to
+"""A detector's output through system shared memory: the same answers as over gRPC, and robust to
 a busy pool and to Triton forgetting the regions."""
 
 from __future__ import annotations
@@ -117,11 +117,11 @@ def test_concurrent_first_requests_share_one_pool_and_leak_nothing(settings: Set
     async def run() -> set[str]:
         services = Services.create(enabled, Metrics())
         await services.bind(enabled)
-        yolo = services.detectors["yolov5n"]  # the model whose 8.5 MB output goes through shared memory
+        yolo = services.detectors["yolov5n"]
         try:
             # Both coroutines reach the pool before either has it: the race of two first requests.
             first, second = await asyncio.gather(yolo.infer(features), yolo.infer(features))
-            assert first["output0"].shape == second["output0"].shape
+            assert first["detections"].shape == second["detections"].shape
             return set(_regions(triton)) - before
         finally:
             await services.close()

@@ -79,9 +79,8 @@ def test_concurrent_requests_each_get_their_own_outputs(triton: TritonServer, en
     ("model", "size", "output"),
     [
         ("resnet50_vd", 224, "logits"),
-        ("yolov5n", 640, "output0"),
-        ("nanodet", 416, "scores"),
-        ("nanodet", 416, "distances"),
+        ("yolov5n", 640, "detections"),
+        ("nanodet", 416, "detections"),
     ],
 )
 def test_vision_models_are_bit_exact(triton: TritonServer, engines: dict, model: str, size: int, output: str) -> None:
