@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,6 +104,10 @@ class Settings(BaseSettings):
             metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
             per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
             to each worker.
+        log_format: ``json`` (default; also in the containers, which set nothing): one JSON object per
+            log line with ``request_id`` on every line written while a request is served, uvicorn's
+            access and error lines included (see :mod:`gateway.logs`); ``text``: one readable line each,
+            the request id in brackets. Any other value stops the gateway at start-up.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -175,3 +180,4 @@ class Settings(BaseSettings):
     health_probe_retry_interval_s: float = 1.0
 
     workers: int = Field(default=1, ge=1)
+    log_format: Literal["json", "text"] = "json"
