@@ -24,7 +24,7 @@ import datetime
 import json
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from gateway.request_id import current as request_id_var
 
@@ -75,9 +75,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def make_handler(fmt: LogFormat) -> logging.Handler:
-    """A stderr handler with the request-id filter and the chosen formatter."""
-    handler = logging.StreamHandler(sys.stderr)
+def make_handler(fmt: LogFormat, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing to ``stream`` (stderr) with the request-id filter and the chosen formatter."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     return handler
