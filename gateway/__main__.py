@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
 from gateway.app import create_app
+from gateway.logs import configure_logging
 from gateway.metrics import metrics_app
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
@@ -30,7 +30,11 @@ class _MetricsServer(uvicorn.Server):
 async def serve_with_metrics_port(app: FastAPI, settings: Settings, metrics_port: int) -> None:
     """The gateway on ``settings.port`` and its ``/metrics`` alone on ``metrics_port``, in one event loop."""
     config = uvicorn.Config(
-        metrics_app(app.state.metrics), host=settings.host, port=metrics_port, log_level=settings.log_level
+        metrics_app(app.state.metrics),
+        host=settings.host,
+        port=metrics_port,
+        log_level=settings.log_level,
+        log_config=None,
     )
     metrics_server = _MetricsServer(config)
     metrics_task = asyncio.create_task(metrics_server.serve())
@@ -43,7 +47,7 @@ async def serve_with_metrics_port(app: FastAPI, settings: Settings, metrics_port
 
 def main() -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level)
     if settings.workers > 1:
         from gateway.workers import serve_workers
 

@@ -9,13 +9,23 @@ import json
 import time
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Not counted as in flight: probes and scrapes (the same paths admission control never sheds).
+_NOT_INFLIGHT = frozenset({"/healthz", "/readyz", "/metrics", "/models", "/openapi.json", "/docs"})
 _ERROR_BODY_LIMIT = 64 * 1024  # error bodies are small JSON; past this the code is "unknown"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -79,6 +89,17 @@ class Metrics:
         self.probe_latency = Histogram(
             "gateway_probe_seconds", "Probe inference time", ["model"], registry=r, buckets=_LATENCY_BUCKETS
         )
+        # Requests between arrival and answer (body upload, admission, work), probes and scrapes apart;
+        # summed over live worker processes in multiprocess mode.
+        self.inflight = Gauge(
+            "gateway_inflight_requests",
+            "Requests received and not yet answered (health, readiness, metrics and models excluded)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... of this process (one-process
+        # mode; with workers see gateway.workers.WorkerGroupCollector).
+        ProcessCollector(registry=r)
 
 
 def error_code(body: bytes) -> str:
@@ -112,6 +133,9 @@ class RequestMetrics:
         start = time.perf_counter()
         status = 500
         body = bytearray()
+        counted = scope["path"] not in _NOT_INFLIGHT
+        if counted:
+            self.metrics.inflight.inc()
 
         async def record_status(message: Message) -> None:
             nonlocal status
@@ -124,6 +148,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            if counted:
+                self.metrics.inflight.dec()
             route = getattr(scope.get("route"), "path", None)
             if route is None:
                 route = scope["path"] if scope["path"] in self.known_paths() else "unmatched"

@@ -131,6 +131,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": None,  # keep gateway.logs.configure_logging's handler (JSON or text, with request ids)
         # A partial of a module-level class stays picklable (uvicorn's worker processes are spawned).
         "http": functools.partial(GatewayH11Protocol, header_timeout_s=settings.header_timeout_s),
         "h11_max_incomplete_event_size": settings.max_header_bytes,

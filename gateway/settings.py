@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         triton_lb_policy: gRPC load balancing over the addresses ``triton_url`` resolves to:
             ``pick_first`` (one connection) or ``round_robin`` (every address, calls spread in turn;
             with ``dns:///<headless-service>:8001`` in Kubernetes, every Triton pod).
+        log_format: ``json`` (default; also in the containers, which set nothing): one JSON object per
+            log line with ``request_id`` on every line written while a request is served, uvicorn's
+            access and error lines included (see :mod:`gateway.logs`); ``text``: one readable line each,
+            the request id in brackets. Any other value stops the gateway at start-up.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -192,3 +196,4 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     triton_lb_policy: Literal["pick_first", "round_robin"] = "pick_first"
     model_config_wait_s: float = 60.0
+    log_format: Literal["json", "text"] = "json"

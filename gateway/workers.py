@@ -12,7 +12,9 @@ Metrics: prometheus_client's multiprocess mode. Every worker writes its samples 
 fresh for each run (a temporary one unless set), emptied at start and at exit. Counters and
 histograms need nothing more; a gauge added later needs a ``multiprocess_mode`` (e.g. ``livesum``).
 With ``GATEWAY_METRICS_PORT`` the supervising parent serves the aggregate on that port instead
-(prometheus_client's own HTTP server: every path answers the metrics).
+(prometheus_client's own HTTP server: every path answers the metrics). ``process_cpu_seconds_total``
+and ``process_resident_memory_bytes`` are then the sums over the supervisor and its workers
+(:class:`WorkerGroupCollector`), read from ``/proc`` at scrape time.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
@@ -34,7 +39,7 @@ from gateway.settings import Settings
 LOGGER = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+SUPERVISOR_ENV = "GATEWAY_WORKERS_SUPERVISOR_PID"  # set by serve_workers for its workers (internal)
 
 
 def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
@@ -45,15 +50,56 @@ def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
         return own
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    registry.register(WorkerGroupCollector(int(supervisor) if supervisor else os.getpid()))
     return registry
+
+
+class WorkerGroupCollector(Collector):
+    """CPU seconds and resident memory of the supervisor ``root`` plus its child processes, from ``/proc``.
+
+    prometheus_client's ``ProcessCollector`` sees one process; with workers the gateway is several.
+
+    Args:
+        root: the supervising process (uvicorn's), whose children are the workers.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _pids(self) -> list[int]:
+        try:
+            children = pathlib.Path(f"/proc/{self.root}/task/{self.root}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.root, *(int(pid) for pid in children)]
+
+    def collect(self) -> Iterator[Metric]:
+        cpu_s = rss = 0.0
+        processes = 0
+        for pid in self._pids():
+            try:
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue  # exited since it was listed
+            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            cpu_s += (int(fields[11]) + int(fields[12])) / self._ticks  # utime + stime
+            rss += int(fields[21]) * self._page
+            processes += 1
+        yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the gateway's processes", value=cpu_s)
+        yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the gateway's processes", rss)
+        yield GaugeMetricFamily("gateway_processes", "Gateway processes (supervisor and workers)", processes)
 
 
 def app_factory() -> FastAPI:
     """The app of one worker process, with settings read in that process (uvicorn ``factory=True``)."""
     from gateway.app import create_app  # gateway.app imports this module for scrape_registry
+    from gateway.logs import configure_logging
 
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format=_LOG_FORMAT)
+    configure_logging(settings.log_format, settings.log_level)
     LOGGER.info("worker %d starting", os.getpid())
     return create_app(settings)
 
@@ -79,6 +125,7 @@ def serve_workers(settings: Settings) -> None:
     directory, created = _fresh_multiproc_dir()
     # Before any worker starts (spawned: each imports prometheus_client afresh and sees it).
     os.environ[MULTIPROC_ENV] = str(directory)
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
     LOGGER.info("starting %d gateway workers; metrics aggregated in %s", settings.workers, directory)
     try:
         if settings.metrics_port is not None:  # the workers' apps then have no /metrics route

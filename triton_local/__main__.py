@@ -87,8 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heal-interval", type=float, default=1.0, help="seconds between stub-process checks")
     parser.add_argument("--probe-interval", type=float, default=10.0, help="seconds between probe inferences (0: off)")
     parser.add_argument("--probe-timeout", type=float, default=10.0, help="deadline of one probe inference")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="this launcher's log lines (not tritonserver's own): JSON objects (the gateway's formatter) or text",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The gateway's formatter (gateway.logs): this launcher runs where the whole distribution is
+    # installed; the Triton image runs tritonserver itself and ships triton_local for the probe only.
+    from gateway.logs import configure_logging
+
+    configure_logging(args.log_format, logging.INFO)
     config = TritonServerConfig(
         model_repository=args.model_repository,
         host=args.host,

@@ -162,6 +162,7 @@ class TritonServer:
             f"--metrics-port={cfg.metrics_port}",
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
+            "--metrics-config=summary_latencies=true",  # p50/p90/p95/p99 per stage (queue, compute) per model
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--log-verbose={cfg.log_verbose}",

@@ -144,6 +144,14 @@ def test_two_workers_one_scrape_counts_every_request(
     assert float(counted.group(1)) == sent
     latency = re.search(rf'^gateway_request_seconds_count{{route="{ROUTE}"}} (\S+)$', text, re.M)
     assert latency is not None and float(latency.group(1)) == sent
+    # CPU and memory of the whole group (supervisor, workers, and any helper child of the supervisor).
+    group = {m[0]: float(m[1]) for m in re.findall(r"^(process_\w+|gateway_processes) (\S+)$", text, re.M)}
+    assert group["gateway_processes"] >= 3, group
+    assert group["process_cpu_seconds_total"] > 0, group
+    status = pathlib.Path(f"/proc/{process.pid}/status").read_text()
+    supervisor_rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024  # type: ignore[union-attr]
+    assert group["process_resident_memory_bytes"] > supervisor_rss, (group, supervisor_rss)
+    assert re.search(r"^gateway_inflight_requests \S+$", text, re.M), "in-flight gauge missing"
 
     # Each worker registered its own regions, named after its PID.
     mine = _regions(triton) - before
