@@ -595,3 +595,9 @@ def test_gateway_client_round_robins_over_triton_addresses(triton: TritonServer,
     # A dns:/// target, as GATEWAY_TRITON_URL in the ConfigMap, is accepted and serves.
     dns = asyncio.run(probes(f"dns:///localhost:{triton.config.grpc_port}", "round_robin", 2))
     assert dns[0] == 2, dns
+
+
+def test_triton_exports_summary_latencies_for_the_dashboard(rendered: dict[str, list[Doc]]) -> None:
+    for overlay, docs in rendered.items():
+        triton = container(one(docs, "Deployment", "triton"), "triton")
+        assert "--metrics-config=summary_latencies=true" in triton["args"], overlay
