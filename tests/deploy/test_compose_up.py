@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -111,13 +112,29 @@ def _podman(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
+def _go_duration_s(value: object) -> float:
+    """Seconds of a Go duration as JSON gives it: nanoseconds, or a string like ``"1m30s"``."""
+    if isinstance(value, int | float):
+        return float(value) / 1e9
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", str(value)))
+
+
 def _healthcheck_loop(project: str, stop: threading.Event) -> None:
-    """Run the health checks podman cannot schedule itself: every container of the project, every 2 s."""
-    while not stop.wait(2.0):
+    """Run the health checks podman cannot schedule itself: each container of the project at its own interval
+    (a check run more often than configured would use up its retries sooner than the engine would)."""
+    due: dict[str, float] = {}
+    while not stop.wait(1.0):
         with contextlib.suppress(subprocess.TimeoutExpired):  # a slow podman on a busy host: try again
             listed = _podman("ps", "-q", "--filter", f"label=com.docker.compose.project={project}")
             for container in listed.stdout.split():
-                _podman("healthcheck", "run", container, timeout=90)  # no health check: an error, ignored
+                if time.monotonic() < due.get(container, 0.0):
+                    continue
+                config = _podman("container", "inspect", "--format", "{{json .Config.Healthcheck}}", container)
+                seconds = _go_duration_s((json.loads(config.stdout or "null") or {}).get("Interval", 0))
+                due[container] = time.monotonic() + (seconds or 3600.0)  # no health check: not again
+                if seconds:
+                    _podman("healthcheck", "run", container, timeout=90)
 
 
 @contextlib.contextmanager
