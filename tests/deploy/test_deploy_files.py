@@ -189,8 +189,11 @@ def _dockerfile_cmd(path: pathlib.Path) -> list[str]:
 
 def test_triton_image_ships_the_probe_and_allows_reloads() -> None:
     dockerfile = DEPLOY / "Dockerfile.triton"
-    assert "COPY triton_local /opt/mm/triton_local" in dockerfile.read_text().splitlines()
-    assert "ENV PYTHONPATH=/opt/mm" in dockerfile.read_text().splitlines()
+    for image in (dockerfile, DEPLOY / "Dockerfile.triton-cpu"):
+        lines = image.read_text().splitlines()
+        assert "COPY triton_local /opt/mm/triton_local" in lines
+        # In site-packages: the Python-backend stub does not see PYTHONPATH.
+        assert '    && ln -s /opt/mm/engine_runtime /opt/mm/triton_local "$purelib/"' in lines
     for args in (_dockerfile_cmd(dockerfile), _k8s_container("triton")["args"]):
         assert args[0] == "tritonserver"
         assert {"--model-control-mode=explicit", "--load-model=*", "--model-repository=/models"} <= set(args)
