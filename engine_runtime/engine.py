@@ -75,6 +75,39 @@ def default_onnx_providers() -> list[str]:
     return [p for p in preferred if p in available]
 
 
+TENSORRT_OPTION_PREFIX = "trt_"
+TENSORRT_OPT_BATCH = "tensorrt_opt_batch"
+_PROFILE_OPTIONS = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+
+
+def tensorrt_options(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """ONNX Runtime TensorRT-provider options from a Triton model config (the JSON Triton hands ``initialize``).
+
+    Every ``parameters`` entry whose key starts with ``trt_`` is passed verbatim (ONNX Runtime's option names:
+    ``trt_engine_cache_enable``, ``trt_engine_cache_path``, ``trt_fp16_enable``, ...). Unless the config sets
+    ``trt_profile_*_shapes`` itself, one optimization profile covering the whole batch range is derived from the
+    inputs and ``max_batch_size``: batch 1 (min), ``tensorrt_opt_batch`` (opt; default ``max_batch_size``) and
+    ``max_batch_size`` (max), e.g. ``input_ids:1x128,attention_mask:1x128``. Without it TensorRT builds its engine
+    for the first shapes it sees and rebuilds it for every larger batch. No profile is derived for a model
+    without batching or with a variable non-batch dimension. Raises ``ValueError`` for a bad opt batch.
+    """
+    parameters = model_config.get("parameters") or {}
+    values = {key: str((value or {}).get("string_value", "")) for key, value in parameters.items()}
+    options = {key: value for key, value in values.items() if key.startswith(TENSORRT_OPTION_PREFIX) and value}
+    max_batch = int(model_config.get("max_batch_size") or 0)
+    if max_batch <= 0 or any(key in options for key in _PROFILE_OPTIONS):
+        return options
+    inputs = [(str(i["name"]), [int(d) for d in i.get("dims", [])]) for i in model_config.get("input", [])]
+    if not inputs or any(d < 0 for _, dims in inputs for d in dims):
+        return options
+    opt_batch = int(values.get(TENSORRT_OPT_BATCH) or max_batch)
+    if not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"{TENSORRT_OPT_BATCH}={opt_batch} is outside the batch range 1..{max_batch}")
+    for key, batch in zip(_PROFILE_OPTIONS, (1, opt_batch, max_batch)):
+        options[key] = ",".join(f"{name}:{'x'.join(str(d) for d in (batch, *dims))}" for name, dims in inputs)
+    return options
+
+
 class OnnxRuntimeEngine(Engine):
     """An ONNX model run by ONNX Runtime.
 
@@ -84,6 +117,8 @@ class OnnxRuntimeEngine(Engine):
         intra_op_threads: threads per operator; ONNX Runtime's default when 0.
         device_id: GPU ordinal for the CUDA/TensorRT providers (Triton's ``model_instance_device_id``).
         spin: let idle intra-op threads spin (lower latency when the engine has the CPU to itself).
+        tensorrt_options: further TensorRT-provider options (see :func:`tensorrt_options`); used only when
+            the TensorRT provider is.
     """
 
     def __init__(
@@ -93,6 +128,7 @@ class OnnxRuntimeEngine(Engine):
         intra_op_threads: int = 0,
         device_id: int = 0,
         spin: bool = False,
+        tensorrt_options: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -104,7 +140,11 @@ class OnnxRuntimeEngine(Engine):
             # share the CPU, and a spinning pool steals it from whoever has work.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = list(providers or default_onnx_providers())
-        provider_options = [{"device_id": str(device_id)} if p in _GPU_PROVIDERS else {} for p in names]
+        provider_options: list[dict[str, str]] = [
+            {"device_id": str(device_id)} if p in _GPU_PROVIDERS else {} for p in names
+        ]
+        if "TensorrtExecutionProvider" in names:
+            provider_options[names.index("TensorrtExecutionProvider")].update(tensorrt_options or {})
         try:
             self.session = ort.InferenceSession(
                 str(path), sess_options=options, providers=names, provider_options=provider_options

@@ -27,7 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from engine_runtime.batching import InvalidInput, concat_requests, split_outputs
-from engine_runtime.engine import EngineError, load_engine
+from engine_runtime.engine import EngineError, load_engine, tensorrt_options
 from engine_runtime.manifest import MANIFEST_NAME, Manifest
 
 LOGGER = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class EngineModel:
             kwargs["spin"] = _parameter(self.model_config, "allow_spinning", "false").lower() == "true"
             # With instance_group KIND_GPU each instance runs on its own device.
             kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)
+            kwargs["tensorrt_options"] = tensorrt_options(self.model_config)
         elif engine_file.endswith(".mm"):
             kwargs["device_id"] = int(args.get("model_instance_device_id") or 0)  # the MLU of this instance
         self.engine = load_engine(version_dir / engine_file, self.manifest, **kwargs)

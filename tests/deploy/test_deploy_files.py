@@ -70,7 +70,8 @@ def test_compose_references_existing_files_and_agrees_on_ports() -> None:
     assert "ports" not in services["triton"], "Triton has no authentication: its ports stay off the host"
     debug = yaml.safe_load((DEPLOY / "docker-compose.debug.yml").read_text())["services"]
     assert f"127.0.0.1:{port}:{port}" in debug["triton"]["ports"]
-    assert f"{Settings(_env_file=None).port}:8080" in services["gateway"]["ports"]  # type: ignore[call-arg]
+    gateway_port = Settings(_env_file=None).port  # type: ignore[call-arg]
+    assert f"${{MM_PUBLISH_ADDRESS:-0.0.0.0}}:${{MM_GATEWAY_PORT:-{gateway_port}}}:8080" in services["gateway"]["ports"]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape}
     assert targets == {"gateway": "gateway:8080", "triton": "triton:8002"}
@@ -130,8 +131,11 @@ def _dockerfile_cmd(path: pathlib.Path) -> list[str]:
 
 def test_triton_image_ships_the_probe_and_allows_reloads() -> None:
     dockerfile = DEPLOY / "Dockerfile.triton"
-    assert "COPY triton_local /opt/mm/triton_local" in dockerfile.read_text().splitlines()
-    assert "ENV PYTHONPATH=/opt/mm" in dockerfile.read_text().splitlines()
+    for image in (dockerfile, DEPLOY / "Dockerfile.triton-cpu"):
+        lines = image.read_text().splitlines()
+        assert "COPY triton_local /opt/mm/triton_local" in lines
+        # In site-packages: the Python-backend stub does not see PYTHONPATH.
+        assert '    && ln -s /opt/mm/engine_runtime /opt/mm/triton_local "$purelib/"' in lines
     for args in (_dockerfile_cmd(dockerfile), _k8s_container("triton")["args"]):
         assert args[0] == "tritonserver"
         assert {"--model-control-mode=explicit", "--load-model=*", "--model-repository=/models"} <= set(args)
@@ -173,3 +177,71 @@ def test_deploy_probe_commands_pass_against_a_real_triton(triton) -> None:  # ty
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
         assert result.returncode == 0, result.stderr
         assert ": ok (" in result.stderr
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last pattern matching the path or one of its parent dirs decides;
+    ``*`` does not cross ``/``, ``**`` does, ``!`` re-includes."""
+
+    def regex(pattern: str) -> re.Pattern[str]:
+        parts = re.split(r"(\*\*|\*|\?)", pattern.strip("/"))
+        wild = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+        return re.compile("".join(wild.get(p, re.escape(p)) for p in parts) + "$")
+
+    prefixes = ["/".join(path.split("/")[: i + 1]) for i in range(path.count("/") + 1)]
+    ignored = False
+    for line in patterns:
+        negate, pattern = line.startswith("!"), line.lstrip("!")
+        if any(regex(pattern).match(prefix) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_venv_git_and_built_engines_out_of_the_build_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "gateway/__pycache__/app.cpython-311.pyc",
+        "triton_repo/bert_qa/1/model.onnx",
+        "triton_repo/bert_qa/1/manifest.json",
+        "triton_repo/nanodet/1/model.onnx.tmp",
+        "deploy/weights/bert.bin",
+    ):
+        assert _dockerignored(path, patterns), path
+    copied = [
+        source
+        for dockerfile in DEPLOY.glob("Dockerfile.*")
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    ]
+    kept = [
+        str(p.relative_to(ROOT))
+        for source in copied
+        for p in ([ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".onnx", ".json", ".whl"))
+    ]
+    assert "triton_repo/bert_qa/1/model.py" in kept and "deploy/wheelhouse/builder/.keep" in kept
+    assert [p for p in kept if _dockerignored(p, patterns)] == []
+
+
+def test_gpu_profile_pins_onnxruntime_gpu_and_gives_tensorrt_a_writable_cache() -> None:
+    gpu = yaml.safe_load((DEPLOY / "docker-compose.gpu.yml").read_text())
+    triton = gpu["services"]["triton"]
+    assert triton["build"]["dockerfile"] == "deploy/Dockerfile.triton"
+    dockerfile = (DEPLOY / "Dockerfile.triton").read_text()
+    assert re.search(r'"onnxruntime-gpu==\d+\.\d+\.\d+"', dockerfile), "onnxruntime-gpu must be pinned exactly"
+    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    cache = next(v for v in triton["volumes"] if v.startswith("trt-cache:"))
+    mount = cache.split(":")[1]
+    assert "trt-cache" in gpu["volumes"] and not cache.endswith(":ro")
+    for config in (ROOT / "triton_repo").glob("*/config.pbtxt"):
+        paths = re.findall(r'key: "trt_engine_cache_path" value \{ string_value: "([^"]+)" \}', config.read_text())
+        assert paths == [f"{mount}/{config.parent.name}"], config
+    # The CPU profile (default) never publishes Triton either, and builds from the wheel.
+    assert _compose()["services"]["triton"]["build"]["dockerfile"] == "deploy/Dockerfile.triton-cpu"
