@@ -40,12 +40,12 @@ E2E_MODULES = frozenset(
     for path in (
         "reliability",  # everything under it
         "triton_local/test_server.py",  # starts its own tritonservers
-        "magicmind_build/test_build.py",  # the real builder: PyTorch export to ONNX, then ONNX Runtime
-        "magicmind_build/test_models.py",
-        "magicmind_build/test_bench.py",
-        "magicmind_build/test_null_engine.py",
+        "magicmind_build",  # the real builder: PyTorch models exported to ONNX, run by ONNX Runtime
+        "engine_runtime/test_magicmind_engine.py",  # builds its engines with the builder (fake MagicMind SDK)
+        "engine_runtime/test_tensorrt_options.py",  # the configs a real tritonserver serves
         "engine_runtime/test_package_boundary.py",  # fresh interpreters importing the packages
         "gateway/test_detect_nanodet.py",  # e2e by its fixtures; listed so `-m unit` skips importing PyTorch
+        "deploy/test_compose_up.py",  # a container engine (its own `compose` tier)
     )
 )
 
@@ -61,6 +61,9 @@ def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("e2e") or item.get_closest_marker("unit"):
+            continue
+        if item.get_closest_marker("compose"):
+            item.add_marker(pytest.mark.e2e)
             continue
         fixtures = set(getattr(item, "fixturenames", ()))
         path = pathlib.Path(item.path).resolve()
