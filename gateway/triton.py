@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,10 @@ _DEADLINE = "StatusCode.DEADLINE_EXCEEDED"
 _MAX_MESSAGE = 2**31 - 1
 # What Triton's dynamic batcher says when its queue policy sheds a request (also UNAVAILABLE).
 QUEUE_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
+# How long a model's max_batch_size, read from its configuration, is used before it is read again: a
+# reloaded model may change it, but a config read per request cost /qa a gRPC round trip and a
+# protobuf-to-JSON conversion each time. A failed inference forgets it at once.
+BATCH_SIZE_TTL_S = 1.0
 
 
 def is_queue_rejection(message: str) -> bool:
@@ -87,6 +92,7 @@ class TritonClient:
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
+        self._max_batch: dict[str, tuple[int, float]] = {}  # model: (max_batch_size, read at, monotonic)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonClient:
@@ -179,6 +185,7 @@ class TritonClient:
                         raise
                     result = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
+                self._max_batch.pop(model, None)  # a reloaded model may have a new configuration
                 if self.health is not None and cannot_serve(exc.detail):
                     self.health.record(model, False, exc.detail)
                 raise
@@ -211,7 +218,14 @@ class TritonClient:
         await regions.close(self._client)
 
     async def max_batch_size(self, model: str) -> int:
-        return int((await self._model_config(model)).get("max_batch_size", 0))
+        """The model's ``max_batch_size``, read from Triton at most every ``BATCH_SIZE_TTL_S``."""
+        cached = self._max_batch.get(model)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < BATCH_SIZE_TTL_S:
+            return cached[0]
+        value = int((await self._model_config(model)).get("max_batch_size", 0))
+        self._max_batch[model] = (value, now)
+        return value
 
     async def probe(self, model: str, timeout_s: float) -> None:
         """One tiny real inference (zeros of each input, batch 1; the first output only), no retry.

@@ -11,7 +11,7 @@ from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.processing.detection import Detections, postprocess_detections
-from gateway.processing.images import Letterbox, letterbox
+from gateway.processing.images import Letterbox, detect_input
 from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
@@ -68,8 +68,8 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
         self.img_size = int(config_size) if self.nanodet and isinstance(config_size, int) else default_size
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
-        image = self.load(request)
-        canvas, box = letterbox(image, self.img_size)
+        s = self.settings
+        canvas, box = detect_input(request.image, s.max_image_pixels, s.max_image_aspect_ratio, self.img_size)
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:

@@ -24,6 +24,10 @@ from gateway.triton import TritonClient
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUTS = ["start_logits", "end_logits"]
+# Up to this many context characters (about two windows) tokenising is tens of microseconds and runs on
+# the event loop; longer contexts go to a worker thread. Span decoding likewise up to this many windows.
+INLINE_CONTEXT_CHARS = 1_000
+INLINE_WINDOWS = 2
 
 
 def load_tokenizer(settings: Settings) -> BaseTokenizer:
@@ -63,6 +67,12 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
         super().__init__("qa", model, client, metrics)
         self.settings = settings
         self.tokenizer = tokenizer
+
+    def inline_preprocess(self, request: QAQuery) -> bool:
+        return len(request.context) <= INLINE_CONTEXT_CHARS
+
+    def inline_postprocess(self, request: QAQuery, features: QAFeatures) -> bool:
+        return features.windows <= INLINE_WINDOWS
 
     def preprocess(self, request: QAQuery) -> QAFeatures:
         if len(request.context) > self.settings.qa_max_context_chars:

@@ -11,12 +11,12 @@ from PIL import Image
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.processing.detection import postprocess_detections
-from gateway.processing.images import decode_image, letterbox
+from gateway.processing.images import detect_input
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
-    image = decode_image(data, settings.max_image_pixels)
-    canvas, box = letterbox(image, settings.detect_img_size)
+    s = settings
+    canvas, box = detect_input(data, s.max_image_pixels, s.max_image_aspect_ratio, s.detect_img_size)
     return engine.run({"images": canvas[None]})["output0"][0], box
 
 

@@ -19,7 +19,7 @@ from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.catalog import ModelInfo
 from gateway.processing.detection import Detections, box_iou, postprocess_detections
-from gateway.processing.images import decode_image, letterbox
+from gateway.processing.images import detect_input
 from gateway.processing.nanodet import nanodet_to_yolo
 from gateway.services import default_detector
 
@@ -46,8 +46,7 @@ def photos() -> dict[str, bytes]:
 
 def bare_nanodet(settings: Settings, engine: OnnxRuntimeEngine, data: bytes, conf: float) -> Detections:
     """The same artifact under ONNX Runtime with the gateway's pre/post code, no Triton."""
-    image = decode_image(data, settings.max_image_pixels)
-    canvas, box = letterbox(image, 416)
+    canvas, box = detect_input(data, settings.max_image_pixels, settings.max_image_aspect_ratio, 416)
     out = engine.run({"images": canvas[None]})
     rows = nanodet_to_yolo(out["scores"][0], out["distances"][0], 416)
     return postprocess_detections(rows, box, conf, settings.detect_iou_threshold, settings.detect_max_det)
