@@ -91,7 +91,10 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
 
         def batch(n: int) -> None:
             share = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
-            jobs = [pool.submit(lambda c, k: [_drive(c, route, image) for _ in range(k)], c, k) for c, k in zip(clients, share)]
+            jobs = [
+                pool.submit(lambda c, k: [_drive(c, route, image) for _ in range(k)], c, k)
+                for c, k in zip(clients, share)
+            ]
             for job in jobs:
                 job.result()
 
@@ -108,7 +111,10 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
 
 
 def markdown(results: list[Result], note: str) -> str:
-    head = "| route | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms | client wall ms/req |"
+    head = (
+        "| route | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms "
+        "| client wall ms/req |"
+    )
     lines = [note, "", head, "|---|---|---|---|---|---|---|"]
     for r in results:
         target = "–" if r.route.target_ms is None else f"≤ {r.route.target_ms:g}"

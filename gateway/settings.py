@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         http_parser: ``httptools`` (uvicorn's C parser, the default: about 1.8 ms less gateway CPU
             per request) or ``h11`` (pure Python); both enforce ``max_header_bytes`` (431) and
             ``header_timeout_s`` (408) and answer malformed requests with 400 ``bad_request``.
+        reduced_decode: decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT-domain scaling) when
+            the model's resize shrinks it 2x or more, never below the size the resize needs; about
+            half the decode CPU and a far cheaper resize, inputs within a few grey levels of a full
+            decode (``benchmarks/reduced_decode.py``). False: always decode in full.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -180,3 +184,4 @@ class Settings(BaseSettings):
 
     workers: int = Field(default=1, ge=1)
     http_parser: Literal["httptools", "h11"] = "httptools"
+    reduced_decode: bool = True

@@ -202,11 +202,18 @@ def letterbox(
 
 
 def detect_input(
-    data: bytes, max_pixels: int, max_aspect_ratio: float, size: int, pad_value: int = LETTERBOX_PAD
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float,
+    size: int,
+    pad_value: int = LETTERBOX_PAD,
+    reduced_decode: bool = True,
 ) -> tuple[np.ndarray, Letterbox]:
-    """The whole detection preprocessing: decode (reduced when the letterbox shrinks it 2x or more)
-    and letterbox to ``size``. The served path and every reference use this."""
-    image, full = load_scaled(data, max_pixels, max_aspect_ratio, lambda w, h: letterbox_gain(w, h, size))
+    """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
+    it 2x or more and ``reduced_decode``) and letterbox to ``size``. The served path and every
+    reference use this."""
+    scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
+    image, full = load_scaled(data, max_pixels, max_aspect_ratio, scale)
     return letterbox(image, size, pad_value, full)
 
 
@@ -231,8 +238,12 @@ def resize_center_crop(
     return _rgb(source.resize((crop, crop), Image.Resampling.BILINEAR, box=box))
 
 
-def classify_input(data: bytes, max_pixels: int, max_aspect_ratio: float, resize: int, crop: int) -> np.ndarray:
-    """The whole classification preprocessing: decode (reduced when the resize shrinks it 2x or more),
-    resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and every reference use this."""
-    image, full = load_scaled(data, max_pixels, max_aspect_ratio, lambda w, h: resize / min(w, h))
+def classify_input(
+    data: bytes, max_pixels: int, max_aspect_ratio: float, resize: int, crop: int, reduced_decode: bool = True
+) -> np.ndarray:
+    """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
+    shrinks it 2x or more and ``reduced_decode``), resize the shorter side to ``resize`` and
+    centre-crop ``crop``. The served path and every reference use this."""
+    scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
+    image, full = load_scaled(data, max_pixels, max_aspect_ratio, scale)
     return resize_center_crop(image, resize, crop, full)

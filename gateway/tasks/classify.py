@@ -28,7 +28,12 @@ class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]
     def preprocess(self, request: ClassifyQuery) -> np.ndarray:
         s = self.settings
         crop = classify_input(
-            request.image, s.max_image_pixels, s.max_image_aspect_ratio, s.classify_resize, s.classify_crop
+            request.image,
+            s.max_image_pixels,
+            s.max_image_aspect_ratio,
+            s.classify_resize,
+            s.classify_crop,
+            s.reduced_decode,
         )
         return crop[None]
 

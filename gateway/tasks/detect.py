@@ -69,7 +69,9 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
         s = self.settings
-        canvas, box = detect_input(request.image, s.max_image_pixels, s.max_image_aspect_ratio, self.img_size)
+        canvas, box = detect_input(
+            request.image, s.max_image_pixels, s.max_image_aspect_ratio, self.img_size, reduced_decode=s.reduced_decode
+        )
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:

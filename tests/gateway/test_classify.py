@@ -18,7 +18,7 @@ def test_served_top_k_equals_bare_engine(
     client: TestClient, settings: Settings, engines: dict, chelsea_jpeg: bytes, model: str
 ) -> None:
     s = settings
-    crop = classify_input(chelsea_jpeg, s.max_image_pixels, s.max_image_aspect_ratio, 256, 224)
+    crop = classify_input(chelsea_jpeg, s.max_image_pixels, s.max_image_aspect_ratio, 256, 224, s.reduced_decode)
     logits = engines[model].run({"images": crop[None]})["logits"][0]
     expected = [{"class_id": i, "label": imagenet()[i], "probability": p} for i, p in top_k(logits, 10)]
 

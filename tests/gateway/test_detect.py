@@ -16,7 +16,9 @@ from gateway.processing.images import detect_input
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
     s = settings
-    canvas, box = detect_input(data, s.max_image_pixels, s.max_image_aspect_ratio, s.detect_img_size)
+    canvas, box = detect_input(
+        data, s.max_image_pixels, s.max_image_aspect_ratio, s.detect_img_size, reduced_decode=s.reduced_decode
+    )
     return engine.run({"images": canvas[None]})["output0"][0], box
 
 

@@ -46,7 +46,8 @@ def photos() -> dict[str, bytes]:
 
 def bare_nanodet(settings: Settings, engine: OnnxRuntimeEngine, data: bytes, conf: float) -> Detections:
     """The same artifact under ONNX Runtime with the gateway's pre/post code, no Triton."""
-    canvas, box = detect_input(data, settings.max_image_pixels, settings.max_image_aspect_ratio, 416)
+    s = settings
+    canvas, box = detect_input(data, s.max_image_pixels, s.max_image_aspect_ratio, 416, reduced_decode=s.reduced_decode)
     out = engine.run({"images": canvas[None]})
     rows = nanodet_to_yolo(out["scores"][0], out["distances"][0], 416)
     return postprocess_detections(rows, box, conf, settings.detect_iou_threshold, settings.detect_max_det)

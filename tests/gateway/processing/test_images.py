@@ -145,3 +145,13 @@ def test_small_images_and_other_formats_decode_in_full() -> None:
     assert np.array_equal(classify_input(data, 10**7, 0.0, 384, 224), resize_center_crop(full, 384, 224))
     png = _encode(Image.fromarray(full))
     assert np.array_equal(classify_input(png, 10**7, 0.0, 256, 224), resize_center_crop(full, 256, 224))
+
+
+def test_reduced_decode_off_is_the_full_decode_path() -> None:
+    data = _photo_jpeg((1024, 768))
+    full = decode_image(data, 10**7)
+    crop = classify_input(data, 10**7, 0.0, 256, 224, reduced_decode=False)
+    assert np.array_equal(crop, resize_center_crop(full, 256, 224))
+    canvas, box = detect_input(data, 10**7, 0.0, 320, reduced_decode=False)
+    reference, reference_box = letterbox(full, 320)
+    assert np.array_equal(canvas, reference) and box == reference_box
