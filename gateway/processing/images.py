@@ -184,15 +184,19 @@ def letterbox(
 
     ``image`` is an RGB array or a PIL image in mode RGB or L (``load_image``); only the resized image
     is converted to RGB. Neither side shrinks below one pixel. The resize is OpenCV's bilinear
-    (``INTER_LINEAR``). ``full_size``: the (width, height) of the image ``image`` was decoded at a
-    reduced scale from (:func:`load_scaled`); geometry and the returned box are in its pixels.
+    (``INTER_LINEAR``), or area averaging (``INTER_AREA``) where it shrinks more than 2x.
+    ``full_size``: the (width, height) of the image ``image`` was decoded at a reduced scale from
+    (:func:`load_scaled`); geometry and the returned box are in its pixels.
     """
     array: np.ndarray = np.asarray(image, dtype=np.uint8)
     width, height = full_size or (array.shape[1], array.shape[0])
     gain = letterbox_gain(width, height, size)
     new_w, new_h = max(1, int(round(width * gain))), max(1, int(round(height * gain)))
     if (new_w, new_h) != (array.shape[1], array.shape[0]):
-        array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        # Shrinking more than 2x (a large PNG or WebP; a large JPEG is decoded reduced first), bilinear
+        # would skip pixels and alias: area averaging then, as YOLOv5's own loader does.
+        shrink = 2 * new_w < array.shape[1] or 2 * new_h < array.shape[0]
+        array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     dw, dh = (size - new_w) / 2, (size - new_h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)

@@ -155,3 +155,13 @@ def test_reduced_decode_off_is_the_full_decode_path() -> None:
     canvas, box = detect_input(data, 10**7, 0.0, 320, reduced_decode=False)
     reference, reference_box = letterbox(full, 320)
     assert np.array_equal(canvas, reference) and box == reference_box
+
+
+def test_a_large_shrink_averages_instead_of_skipping_pixels() -> None:
+    """Columns alternating 0 and 255, shrunk 8x: area averaging gives mid grey, not stripes of 0 or 255."""
+    stripes = np.zeros((640, 5120), np.uint8)
+    stripes[:, 1::2] = 255
+    canvas, box = letterbox(Image.fromarray(stripes), 640)
+    assert box.gain == 0.125
+    image = canvas[box.pad_y : box.pad_y + 80]
+    assert image.shape == (80, 640, 3) and np.abs(image.astype(int) - 127.5).max() <= 1
