@@ -134,12 +134,26 @@ class AdmissionControl:
         ahead = state.inflight
         status = 500
         token = next(self._tokens)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.inflight -= 1
+                state.inflight -= 1
+                del state.started[token]
+                self._record(key, state, ahead, self.clock() - start, status)
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Answered: the slot is free now, not once the middlewares inside have unwound (a
+                # keep-alive client's next request can arrive before that, and must not queue behind it).
+                release()
 
         self.inflight += 1  # single event loop: no lock needed
         state.inflight += 1
@@ -147,7 +161,4 @@ class AdmissionControl:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            self.inflight -= 1
-            state.inflight -= 1
-            del state.started[token]
-            self._record(key, state, ahead, self.clock() - start, status)
+            release()

@@ -93,34 +93,51 @@ def decode_spans(
     max_answer_tokens: int,
     top_k: int = 1,
 ) -> list[Span]:
-    """Best ``top_k`` spans over all windows, as in the SQuAD reference post-processing."""
-    candidates: list[tuple[float, int, int]] = []
+    """Best ``top_k`` spans over all windows, as in the SQuAD reference post-processing.
+
+    Per window, the ``n_best`` start and end tokens (context tokens only) are paired as one
+    n_best x n_best array; candidates keep the order of the reference loops (window, start rank,
+    end rank), so ties resolve exactly as they did.
+    """
+    all_scores, all_starts, all_ends = [], [], []
     for w in range(features.windows):
-        start, end, is_context = start_logits[w], end_logits[w], features.context_mask[w]
         # n-best among context tokens only: question, special and padding tokens are never answers.
-        context_idx = np.flatnonzero(is_context)
+        context_idx = np.flatnonzero(features.context_mask[w])
+        start, end = start_logits[w], end_logits[w]
         starts = context_idx[np.argsort(-start[context_idx], kind="stable")[:n_best]]
         ends = context_idx[np.argsort(-end[context_idx], kind="stable")[:n_best]]
-        for s in starts:
-            for e in ends:
-                if e < s or e - s + 1 > max_answer_tokens:
-                    continue
-                char_start, char_end = int(features.offsets[w, s, 0]), int(features.offsets[w, e, 1])
-                candidates.append((float(start[s]) + float(end[e]), char_start, char_end))
-    if not candidates:
+        length = ends[None, :] - starts[:, None] + 1
+        valid = (length >= 1) & (length <= max_answer_tokens)
+        pair_s, pair_e = np.nonzero(valid)  # row-major: start rank, then end rank
+        s, e = starts[pair_s], ends[pair_e]
+        all_scores.append(start[s].astype(np.float64) + end[e].astype(np.float64))
+        all_starts.append(features.offsets[w, s, 0])
+        all_ends.append(features.offsets[w, e, 1])
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    if not scores.size:
         return []
     # Best score first; ties go to the earlier span (stable on window order).
-    candidates.sort(key=lambda c: -c[0])
-    scores = np.array([c[0] for c in candidates], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    scores = scores[order]
+    char_starts, char_ends = np.concatenate(all_starts)[order], np.concatenate(all_ends)[order]
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
     spans: list[Span] = []
     seen: set[tuple[int, int]] = set()
-    for (score, s, e), p in zip(candidates, probs):
-        if (s, e) in seen:  # the same text found again in an overlapping window
+    for i in range(len(scores)):
+        s_char, e_char = int(char_starts[i]), int(char_ends[i])
+        if (s_char, e_char) in seen:  # the same text found again in an overlapping window
             continue
-        seen.add((s, e))
-        spans.append(Span(text=context[s:e], start=s, end=e, score=score, probability=float(p)))
+        seen.add((s_char, e_char))
+        spans.append(
+            Span(
+                text=context[s_char:e_char],
+                start=s_char,
+                end=e_char,
+                score=float(scores[i]),
+                probability=float(probs[i]),
+            )
+        )
         if len(spans) == top_k:
             break
     return spans

@@ -26,7 +26,9 @@ ResultT = TypeVar("ResultT")
 
 
 class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
-    """``preprocess`` and ``postprocess`` are CPU work and run in a worker thread;
+    """``preprocess`` and ``postprocess`` are CPU work and run in a worker thread, unless the task
+    says a request's step is small enough to run on the event loop (``inline_preprocess``,
+    ``inline_postprocess``: a thread hop costs more CPU than tens of microseconds of work);
     ``infer`` awaits Triton. Each stage is timed into its own histogram.
 
     Args:
@@ -56,6 +58,14 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
     @abc.abstractmethod
     def postprocess(self, request: RequestT, features: FeaturesT, outputs: dict[str, np.ndarray]) -> ResultT: ...
 
+    def inline_preprocess(self, request: RequestT) -> bool:
+        """Whether ``preprocess`` of this request is cheap enough for the event loop (no, by default)."""
+        return False
+
+    def inline_postprocess(self, request: RequestT, features: FeaturesT) -> bool:
+        """Whether ``postprocess`` of this request is cheap enough for the event loop (no, by default)."""
+        return False
+
     @contextlib.asynccontextmanager
     async def admitted(self, request: RequestT) -> AsyncIterator[None]:
         """Held around ``preprocess``: where a task reserves what preprocessing needs (nothing, by default)."""
@@ -64,10 +74,15 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
     async def __call__(self, request: RequestT) -> ResultT:
         async with self.admitted(request):
             with self.metrics.preprocess.labels(self.task).time():
-                features = await to_thread.run_sync(self.preprocess, request)
+                if self.inline_preprocess(request):
+                    features = self.preprocess(request)
+                else:
+                    features = await to_thread.run_sync(self.preprocess, request)
         with self.metrics.inference.labels(self.task, self.model.name).time():
             outputs = await self.infer(features)
         with self.metrics.postprocess.labels(self.task).time():
+            if self.inline_postprocess(request, features):
+                return self.postprocess(request, features, outputs)
             return await to_thread.run_sync(self.postprocess, request, features, outputs)
 
     async def _infer_rows(

@@ -12,7 +12,7 @@ from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.model_io import ModelIO, resolve
 from gateway.processing.detection import Detections, postprocess_detections
-from gateway.processing.images import Letterbox, letterbox
+from gateway.processing.images import Letterbox, detect_input
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.tasks.base import ImageTask
@@ -72,8 +72,10 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
         )
 
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
-        image = self.load(request)
-        canvas, box = letterbox(image, self.img_size)
+        s = self.settings
+        canvas, box = detect_input(
+            request.image, s.max_image_pixels, s.max_image_aspect_ratio, self.img_size, reduced_decode=s.reduced_decode
+        )
         return DetectFeatures(canvas[None], box)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from gateway import Settings
 from gateway.labels import imagenet
 from gateway.processing.classification import top_k
-from gateway.processing.images import decode_image, resize_center_crop
+from gateway.processing.images import classify_input
 
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -17,7 +17,8 @@ CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 def test_served_top_k_equals_bare_engine(
     client: TestClient, settings: Settings, engines: dict, chelsea_jpeg: bytes, model: str
 ) -> None:
-    crop = resize_center_crop(decode_image(chelsea_jpeg, settings.max_image_pixels), 256, 224)
+    s = settings
+    crop = classify_input(chelsea_jpeg, s.max_image_pixels, s.max_image_aspect_ratio, 256, 224, s.reduced_decode)
     logits = engines[model].run({"images": crop[None]})["logits"][0]
     expected = [{"class_id": i, "label": imagenet()[i], "probability": p} for i, p in top_k(logits, 10)]
 

@@ -12,13 +12,15 @@ from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.model_io import read_model_io
 from gateway.processing.detection import postprocess_detections
-from gateway.processing.images import decode_image, letterbox
+from gateway.processing.images import detect_input
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
-    image = decode_image(data, settings.max_image_pixels)
-    size = read_model_io(settings.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
-    canvas, box = letterbox(image, size)
+    s = settings
+    size = read_model_io(s.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
+    canvas, box = detect_input(
+        data, s.max_image_pixels, s.max_image_aspect_ratio, size, reduced_decode=s.reduced_decode
+    )
     return engine.run({"images": canvas[None]})["detections"][0], box
 
 

@@ -19,7 +19,7 @@ from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
 from gateway.catalog import ModelInfo
 from gateway.processing.detection import Detections, box_iou, postprocess_detections
-from gateway.processing.images import decode_image, letterbox
+from gateway.processing.images import detect_input
 from gateway.services import default_detector
 
 CONF = 0.2
@@ -45,8 +45,8 @@ def photos() -> dict[str, bytes]:
 
 def bare_nanodet(settings: Settings, engine: OnnxRuntimeEngine, data: bytes, conf: float) -> Detections:
     """The same artifact under ONNX Runtime with the gateway's pre/post code, no Triton."""
-    image = decode_image(data, settings.max_image_pixels)
-    canvas, box = letterbox(image, 416)
+    s = settings
+    canvas, box = detect_input(data, s.max_image_pixels, s.max_image_aspect_ratio, 416, reduced_decode=s.reduced_decode)
     rows = engine.run({"images": canvas[None]})["detections"][0]
     return postprocess_detections(rows, box, conf, settings.detect_iou_threshold, settings.detect_max_det)
 

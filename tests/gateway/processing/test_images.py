@@ -10,10 +10,13 @@ from PIL import Image
 
 from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape
 from gateway.processing.images import (
+    classify_input,
     decode_bytes_per_pixel,
     decode_image,
+    detect_input,
     letterbox,
     load_image,
+    load_scaled,
     read_header,
     resize_center_crop,
 )
@@ -89,3 +92,76 @@ def test_header_checks_refuse_before_decoding() -> None:
         read_header(_MODES["rgb-png"], 93 * 61 - 1)
     with pytest.raises(InvalidImage):
         read_header(b"", 10**6)
+
+
+def _photo_jpeg(size: tuple[int, int], orientation: int = 1) -> bytes:
+    """scikit-image's astronaut resized to ``size``, as a JPEG q90 with an EXIF orientation."""
+    from skimage import data
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo = Image.fromarray(data.astronaut()).resize(size, Image.Resampling.BICUBIC)
+    return _encode(photo, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_never_below_what_the_resize_needs() -> None:
+    data = _photo_jpeg((1024, 768))
+    image, full = load_scaled(data, 10**7, 0.0, lambda w, h: 0.25)
+    assert (image.size, full) == ((256, 192), (1024, 768))
+    image, full = load_scaled(data, 10**7, 0.0, lambda w, h: 0.26)  # 1/4 would be too small: 1/2
+    assert (image.size, full) == ((512, 384), (1024, 768))
+    image, _ = load_scaled(data, 10**7, 0.0, lambda w, h: 0.6)  # no DCT scale between 1/2 and 1
+    assert image.size == (1024, 768)
+    png = _encode(Image.open(io.BytesIO(data)))  # not a JPEG: always in full
+    assert load_scaled(png, 10**7, 0.0, lambda w, h: 0.25)[0].size == (1024, 768)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_decode_keeps_the_full_decode_geometry(orientation: int) -> None:
+    """What reduced-scale decoding changes against a full decode: pixel values by a few levels at most
+    on average (DCT-domain scaling instead of bilinear), never the geometry (gain, padding, box)."""
+    data = _photo_jpeg((1024, 768), orientation)
+    full = decode_image(data, 10**7)
+    assert full.shape == ((768, 1024, 3) if orientation == 1 else (1024, 768, 3))
+
+    crop = classify_input(data, 10**7, 0.0, 256, 224)
+    reference_crop = resize_center_crop(full, 256, 224)
+    assert crop.shape == reference_crop.shape == (224, 224, 3)
+    assert np.abs(crop.astype(int) - reference_crop).mean() < 3.0
+
+    canvas, box = detect_input(data, 10**7, 0.0, 320)  # 1024 -> 320: decoded at 1/2
+    reference_canvas, reference_box = letterbox(full, 320)
+    assert box == reference_box and (box.width, box.height) == (full.shape[1], full.shape[0])
+    assert np.abs(canvas.astype(int) - reference_canvas).mean() < 3.0
+
+
+def test_small_images_and_other_formats_decode_in_full() -> None:
+    """Nothing is reduced unless the resize shrinks the image by 2x or more: then the array path is exact."""
+    data = _photo_jpeg((512, 512))
+    full = decode_image(data, 10**7)
+    canvas, box = detect_input(data, 10**7, 0.0, 416)
+    reference, reference_box = letterbox(full, 416)
+    assert np.array_equal(canvas, reference) and box == reference_box
+    assert np.array_equal(classify_input(data, 10**7, 0.0, 384, 224), resize_center_crop(full, 384, 224))
+    png = _encode(Image.fromarray(full))
+    assert np.array_equal(classify_input(png, 10**7, 0.0, 256, 224), resize_center_crop(full, 256, 224))
+
+
+def test_reduced_decode_off_is_the_full_decode_path() -> None:
+    data = _photo_jpeg((1024, 768))
+    full = decode_image(data, 10**7)
+    crop = classify_input(data, 10**7, 0.0, 256, 224, reduced_decode=False)
+    assert np.array_equal(crop, resize_center_crop(full, 256, 224))
+    canvas, box = detect_input(data, 10**7, 0.0, 320, reduced_decode=False)
+    reference, reference_box = letterbox(full, 320)
+    assert np.array_equal(canvas, reference) and box == reference_box
+
+
+def test_a_large_shrink_averages_instead_of_skipping_pixels() -> None:
+    """Columns alternating 0 and 255, shrunk 8x: area averaging gives mid grey, not stripes of 0 or 255."""
+    stripes = np.zeros((640, 5120), np.uint8)
+    stripes[:, 1::2] = 255
+    canvas, box = letterbox(Image.fromarray(stripes), 640)
+    assert box.gain == 0.125
+    image = canvas[box.pad_y : box.pad_y + 80]
+    assert image.shape == (80, 640, 3) and np.abs(image.astype(int) - 127.5).max() <= 1

@@ -1,0 +1,172 @@
+"""The gateway process's CPU time per request, per route, against a real Triton with null engines.
+
+One command starts a real ``tritonserver`` (``triton_local``) serving the benchmark-only null engines
+(zero outputs of the real shapes at no engine cost, ``MM_ALLOW_NULL_ENGINE=1``), so the gateway's own
+cost is what is left, and one gateway (``python -m gateway``, one process, YOLO's output through
+shared memory as the local stack runs it). It drives each route with one fixed request (a 512x512
+JPEG q90 of scikit-image's astronaut for the image routes, the load generator's one-window question
+for ``/qa``), ``--requests`` at a time from ``--concurrency`` client threads, in ``--rounds`` rounds,
+and reads utime+stime of the gateway's PID from ``/proc`` around each round (the client, Triton
+and everything else on the machine are not counted). The table gives the median and the lowest
+round; CPU time is counted in clock ticks (10 ms), so a round should take a few hundred ms of CPU::
+
+    .venv/bin/python benchmarks/gateway_cpu.py --port-base 21100 --out benchmarks/results/gateway_cpu.md
+
+The health prober is switched off (``GATEWAY_HEALTH_PROBE_INTERVAL_S=0``) so that only requests
+are counted; everything else is the gateway's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import httpx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from ceiling import NULL_ENV, _cpu_s, _gateway, _null_repo, _triton  # noqa: E402
+from loadgen import QA_BODY, jpeg_512  # noqa: E402
+
+LOGGER = logging.getLogger("gateway_cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Args:
+    name: table name.
+    path: the route with its query.
+    target_ms: the CPU ms per request the gateway should stay under (issue 6), None when none is set.
+    """
+
+    name: str
+    path: str
+    target_ms: float | None
+
+
+ROUTES = {
+    "qa": Route("qa", "/qa", 2.0),
+    "classify": Route("classify", "/classify?model=resnet50_vd", 2.0),
+    "classify_lite": Route("classify_lite", "/classify?model=efficientnet_lite0", 2.0),
+    "detect": Route("detect", "/detect?model=yolov5n", 4.0),
+    "detect_nanodet": Route("detect_nanodet", "/detect?model=nanodet", 4.0),
+}
+
+
+@dataclasses.dataclass
+class Result:
+    route: Route
+    requests: int
+    cpu_ms: list[float]  # per request, one value per round
+    wall_ms: list[float]  # per request, one value per round (client wall time / requests)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.cpu_ms)
+
+
+def _drive(client: httpx.Client, route: Route, image: bytes) -> None:
+    if route.name == "qa":
+        response = client.post(route.path, json=QA_BODY)
+    else:
+        response = client.post(route.path, files={"file": ("image.jpg", image, "image/jpeg")})
+    if response.status_code != 200:
+        raise RuntimeError(f"{route.path} answered {response.status_code}: {response.text[:300]}")
+
+
+def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concurrency: int) -> Result:
+    """``rounds`` rounds of ``requests`` requests; the gateway PID's CPU per request in each."""
+    image = jpeg_512()
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(concurrency)]
+    cpu_ms, wall_ms = [], []
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+
+        def batch(n: int) -> None:
+            share = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
+            jobs = [
+                pool.submit(lambda c, k: [_drive(c, route, image) for _ in range(k)], c, k)
+                for c, k in zip(clients, share)
+            ]
+            for job in jobs:
+                job.result()
+
+        batch(max(20, concurrency))  # warm-up: connections, first-use paths, caches
+        for _ in range(rounds):
+            cpu0, wall0 = _cpu_s(pid), time.perf_counter()
+            batch(requests)
+            wall, cpu = time.perf_counter() - wall0, _cpu_s(pid) - cpu0
+            cpu_ms.append(cpu * 1000 / requests)
+            wall_ms.append(wall * 1000 / requests)
+    for client in clients:
+        client.close()
+    return Result(route, requests, cpu_ms, wall_ms)
+
+
+def markdown(results: list[Result], note: str) -> str:
+    head = (
+        "| route | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms "
+        "| client wall ms/req |"
+    )
+    lines = [note, "", head, "|---|---|---|---|---|---|---|"]
+    for r in results:
+        target = "–" if r.route.target_ms is None else f"≤ {r.route.target_ms:g}"
+        lines.append(
+            f"| `{r.route.path}` | {r.requests} | {len(r.cpu_ms)} | {r.median:.2f} | {min(r.cpu_ms):.2f} | {target} "
+            f"| {statistics.median(r.wall_ms):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=list(ROUTES))
+    parser.add_argument("--requests", type=int, default=200, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=1, help="client threads")
+    parser.add_argument("--port-base", type=int, default=21100)
+    parser.add_argument("--out", type=pathlib.Path, help="write the markdown table here too")
+    parser.add_argument("--note", default="", help="a line printed above the table")
+    parser.add_argument("--hold", type=float, default=0.0, help="after measuring, keep the stack up this many s")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    os.environ[NULL_ENV] = "1"
+    os.environ["GATEWAY_HEALTH_PROBE_INTERVAL_S"] = "0"
+    results = []
+    with tempfile.TemporaryDirectory(prefix="gateway-cpu-") as tmp:
+        work = pathlib.Path(tmp)
+        repo = _null_repo(work, "full")
+        with _triton(repo, True, args.port_base, work / "triton.log") as triton:
+            port = args.port_base + 10
+            with _gateway(repo, triton.grpc_url, port, 1, work / "gateway.log") as (gateway, url):
+                LOGGER.info("gateway pid %d on %s", gateway.pid, url)
+                for name in args.routes:
+                    route = ROUTES[name]
+                    results.append(measure(url, gateway.pid, route, args.requests, args.rounds, args.concurrency))
+                    LOGGER.info("%s: %s", route.path, results[-1].cpu_ms)
+                if args.hold:
+                    time.sleep(args.hold)
+    load = os.getloadavg()[0]
+    note = args.note or (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared with other users "
+        f"(load average {load:.1f} at the end), null engines, 1 gateway process, concurrency {args.concurrency}; "
+        "CPU of the gateway PID only (utime+stime from /proc)."
+    )
+    table = markdown(results, note)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
