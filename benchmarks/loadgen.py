@@ -51,7 +51,8 @@ class Endpoint:
 
 ENDPOINTS = {
     "qa": Endpoint("qa", "bert_qa", "/qa"),
-    "detect": Endpoint("detect", "yolov5n", "/detect"),
+    "detect": Endpoint("detect", "yolov5n", "/detect?model=yolov5n"),
+    "detect_nanodet": Endpoint("detect_nanodet", "nanodet", "/detect?model=nanodet"),
     "classify": Endpoint("classify", "resnet50_vd", "/classify?model=resnet50_vd"),
     "classify_lite": Endpoint("classify_lite", "efficientnet_lite0", "/classify?model=efficientnet_lite0"),
 }
@@ -73,7 +74,7 @@ def triton_inputs(model: str) -> dict[str, np.ndarray]:
     if model == "bert_qa":
         ids = rng.integers(1000, 2000, (1, 128)).astype(np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    size = 640 if model == "yolov5n" else 224
+    size = {"yolov5n": 640, "nanodet": 416}.get(model, 224)
     return {"images": rng.integers(0, 256, (1, size, size, 3)).astype(np.uint8)}
 
 
