@@ -99,7 +99,10 @@ class _EngineCounters:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # unloading goes on without the last sums
+            LOGGER.exception("sending engine metrics failed")
 
 
 class EngineModel:
