@@ -51,10 +51,7 @@ class Endpoint:
 
 ENDPOINTS = {
     "qa": Endpoint("qa", "bert_qa", "/qa"),
-    "detect": Endpoint("detect", "yolov5n", "/detect"),
-    # Each detector on both paths (``detect`` sends /detect's default detector, nanodet, to the gateway
-    # but yolov5n's tensors to Triton).
-    "detect_yolov5n": Endpoint("detect_yolov5n", "yolov5n", "/detect?model=yolov5n"),
+    "detect": Endpoint("detect", "yolov5n", "/detect?model=yolov5n"),
     "detect_nanodet": Endpoint("detect_nanodet", "nanodet", "/detect?model=nanodet"),
     "classify": Endpoint("classify", "resnet50_vd", "/classify?model=resnet50_vd"),
     "classify_lite": Endpoint("classify_lite", "efficientnet_lite0", "/classify?model=efficientnet_lite0"),
