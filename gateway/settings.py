@@ -103,6 +103,11 @@ class Settings(BaseSettings):
             metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The
             per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply
             to each worker.
+        precision_variants: precisions whose variants are served next to each configured model
+            (``qa_model``, ``detect_models``, ``classify_models``) when built: ``<model>_<precision>``
+            (e.g. ``resnet50_vd_int8``, from ``python -m magicmind_build --precision int8``) is served
+            if its manifest is in ``model_repository``, selectable with ``?model=`` on its task's route;
+            a name not served is 404 ``unknown_model``. Empty: none.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -175,3 +180,4 @@ class Settings(BaseSettings):
     health_probe_retry_interval_s: float = 1.0
 
     workers: int = Field(default=1, ge=1)
+    precision_variants: list[str] = Field(default_factory=lambda: ["fp16", "int8"])

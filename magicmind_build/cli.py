@@ -3,6 +3,9 @@
 Writes each engine into ``<repo>/<model>/1/`` (``model.onnx`` + ``manifest.json``), which is
 where the Triton model of the same name loads it from.
 
+``--precision fp16 int8`` also builds ``<model>_fp16`` / ``<model>_int8`` next to each FP32 model (see
+:mod:`magicmind_build.precision`; ``--calibration``, ``--calibration-method``, ``--quantization``).
+
 ``--null-engine`` (benchmarks only) writes manifests with ``engine_format: null`` instead: Triton,
 run with ``MM_ALLOW_NULL_ENGINE=1``, then answers zeros of the real shapes at no engine cost.
 """
@@ -16,6 +19,7 @@ import pathlib
 import sys
 
 from engine_runtime.manifest import Manifest
+from magicmind_build import precision
 from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
 from magicmind_build.specs import SIZES, SPECS
 
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="BENCHMARK ONLY: write null-engine manifests (zero outputs; Triton needs MM_ALLOW_NULL_ENGINE=1)",
     )
+    precision.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.null_engine:
@@ -82,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             LOGGER.error("%s: %s", name, exc)
             return 2
         LOGGER.info("%s: built (%s weights) %s", name, manifest.weights, json.dumps(manifest.outputs))
+    options = precision.options_from_args(args, args.models)
+    for name in args.models:
+        for wanted in options.precisions[1:]:
+            try:
+                variant = precision.build_variant(SPECS[name], args.repo, args.size, wanted, options, args.force)
+            except precision.CalibrationError as exc:
+                LOGGER.error("%s: %s", name, exc)
+                return 2
+            LOGGER.info("%s: %s engine, calibration %s", variant.model, variant.precision, variant.calibration)
     return 0
 
 
