@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for batch in args.batch_sizes:
                 results.append(bench_engine(name, engine, batch, args.iterations, precision=manifest.precision))
+                LOGGER.info("%s bare: %s", model, results[-1])  # rows of a run cut short are not lost
             del engine  # the served run below must not compete with this process's ONNX Runtime threads
             if args.served_url:
                 for batch in args.batch_sizes:
