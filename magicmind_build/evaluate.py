@@ -8,8 +8,8 @@ preprocessing, prints one table row per variant and writes the result into the v
 - classification: top-1 agreement (the variant's top class is FP32's) and top-5 overlap
   (shared classes of the two top-5 lists / 5), over the evaluation images;
 - QA: exact match of the best span (same character offsets as FP32), over the evaluation pairs;
-- detection: mAP@0.5 of the variant's detections (confidence >= 0.001) against FP32's detections at the
-  serving threshold (0.25) taken as ground truth.
+- detection: mAP@0.5 of the variant's detections against FP32's detections taken as ground truth, both at the
+  low threshold ``DETECT_PRED_CONF`` / ``DETECT_GT_CONF`` (0.001; at most 300 boxes an image after NMS).
 
 This is agreement with FP32, not accuracy against labels (no labelled data set is reachable here); for a
 model with ``untrained`` weights it measures how faithfully the converted engine computes the same
