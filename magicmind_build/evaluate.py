@@ -64,7 +64,8 @@ class Evaluation:
     def as_manifest_entry(self, base: str) -> dict[str, Any]:
         return {
             "reference": f"{base} (fp32)",
-            "metrics": self.metrics,
+            # NaN (no FP32 boxes to match) is not JSON: null, so /models can serialise the manifest.
+            "metrics": {k: (None if v != v else v) for k, v in self.metrics.items()},
             "count": self.count,
             "set_sha256": self.set_sha256,
             "weights": self.weights,
