@@ -39,6 +39,14 @@ class Manifest:
         builder: versions of the tools that built it.
         magicmind_config: file name (next to the manifest) of the Cambricon MagicMind ``BuilderConfig``
             JSON for this engine (see :mod:`magicmind_build.magicmind`); empty when none was written.
+        calibration: for an ``int8`` engine quantized with calibration data, ``{"method": "minmax" |
+            "entropy" | "percentile", "sha256": digest of the calibration set, "count": samples used,
+            "source": where the set came from}``; ``{"method": "dynamic"}`` for dynamic INT8 (no set);
+            None for fp32/fp16.
+        base_model: for a precision variant (e.g. ``resnet50_vd_int8``), the FP32 model it was converted
+            from (``resnet50_vd``); None for the FP32 model itself.
+        accuracy: agreement with the FP32 model, written by ``python -m magicmind_build.evaluate``
+            (``{"metric": value, ..., "set_sha256", "count", "weights"}``); None until evaluated.
     """
 
     model: str
@@ -57,6 +65,9 @@ class Manifest:
     built_at: str
     builder: dict[str, str]
     magicmind_config: str = ""
+    calibration: dict[str, Any] | None = None
+    base_model: str | None = None
+    accuracy: dict[str, Any] | None = None
 
     @property
     def trained(self) -> bool:

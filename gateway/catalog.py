@@ -19,6 +19,8 @@ class ModelInfo(BaseModel):
     ``weights`` is ``untrained`` (deterministic random init: outputs are not meaningful),
     ``checkpoint``, ``pretrained``, ``none`` (a benchmark-only null engine, ``engine_format`` None:
     answers are zeros), or ``unknown`` when the gateway cannot read the manifest.
+    A precision variant (e.g. ``resnet50_vd_int8``) names its FP32 ``base_model``; ``calibration`` is its
+    INT8 calibration (method, the set's sha256, count), ``accuracy`` its measured agreement with FP32.
     """
 
     name: str
@@ -29,6 +31,9 @@ class ModelInfo(BaseModel):
     precision: str | None = None
     engine_format: str | None = None
     config: dict[str, object] | None = None
+    base_model: str | None = None
+    calibration: dict[str, object] | None = None
+    accuracy: dict[str, object] | None = None
 
 
 def read_model_info(repository: pathlib.Path | None, name: str, task: str) -> ModelInfo:
@@ -52,6 +57,20 @@ def read_model_info(repository: pathlib.Path | None, name: str, task: str) -> Mo
                     precision=data.get("precision"),
                     engine_format=data.get("engine_format"),
                     config=data.get("config"),
+                    base_model=data.get("base_model"),
+                    calibration=data.get("calibration"),
+                    accuracy=data.get("accuracy"),
                 )
     LOGGER.warning("no manifest for %s under %s; weights provenance unknown", name, repository)
     return ModelInfo(name=name, task=task, weights="unknown")
+
+
+def precision_variants(repository: pathlib.Path | None, name: str, precisions: list[str]) -> list[str]:
+    """The built precision variants of ``name`` (``<name>_<precision>`` directories holding a manifest)."""
+    if repository is None:
+        return []
+    return [
+        f"{name}_{precision}"
+        for precision in precisions
+        if any((repository / f"{name}_{precision}").glob("*/" + MANIFEST_NAME))
+    ]

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from gateway.catalog import ModelInfo, read_model_info
+from gateway.catalog import ModelInfo, precision_variants, read_model_info
 from gateway.errors import UnknownModel
 from gateway.health import ModelHealth, Prober
 from gateway.image_budget import ImageBudget
@@ -39,6 +39,7 @@ class Services:
     detect: the default detection pipeline (also in ``detectors``).
     classify: classification pipelines by model name; the first is the default.
     health: whether each served model can serve (probes and real requests).
+    answerers: QA pipelines by model name (``qa`` and its built precision variants); empty: ``qa`` only.
     prober: the background probe inferences feeding ``health``; started by the app's lifespan.
     """
 
@@ -49,6 +50,7 @@ class Services:
     detectors: dict[str, DetectTask] = dataclasses.field(default_factory=dict)
     health: ModelHealth = dataclasses.field(default_factory=lambda: ModelHealth([]))
     prober: Prober | None = None
+    answerers: dict[str, QATask] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics, client: TritonClient | None = None) -> Services:
@@ -61,18 +63,26 @@ class Services:
         def info(name: str, task: str) -> ModelInfo:
             return read_model_info(repo, name, task)
 
-        names = [*settings.detect_models, *([settings.detect_model] if settings.detect_model else [])]
-        detectors = {
-            name: DetectTask(info(name, "detect"), client, metrics, settings, budget) for name in dict.fromkeys(names)
+        def with_variants(names: list[str]) -> list[str]:
+            """Each name followed by its built precision variants (``resnet50_vd_int8``, ...)."""
+            out = [v for name in names for v in (name, *precision_variants(repo, name, settings.precision_variants))]
+            return list(dict.fromkeys(out))
+
+        names = with_variants([*settings.detect_models, *([settings.detect_model] if settings.detect_model else [])])
+        detectors = {name: DetectTask(info(name, "detect"), client, metrics, settings, budget) for name in names}
+        answerers = {  # each its own tokenizer: bind() windows it to its model's sequence length
+            name: QATask(info(name, "qa"), client, metrics, settings, new_tokenizer(settings))
+            for name in with_variants([settings.qa_model])
         }
         services = cls(
             client=client,
-            qa=QATask(info(settings.qa_model, "qa"), client, metrics, settings, new_tokenizer(settings)),
+            qa=answerers[settings.qa_model],
+            answerers=answerers,
             detect=detectors[settings.detect_model or default_detector([t.model for t in detectors.values()])],
             detectors=detectors,
             classify={
                 name: ClassifyTask(info(name, "classify"), client, metrics, settings, budget)
-                for name in settings.classify_models
+                for name in with_variants(settings.classify_models)
             },
         )
         services.health = client.health = ModelHealth([m.name for m in services.models])
@@ -105,7 +115,8 @@ class Services:
     @property
     def tasks(self) -> list[Task[Any, Any, Any]]:
         detectors = self.detectors or {self.detect.model.name: self.detect}
-        return [self.qa, *detectors.values(), *self.classify.values()]
+        answerers = self.answerers or {self.qa.model.name: self.qa}
+        return [*answerers.values(), *detectors.values(), *self.classify.values()]
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -120,6 +131,15 @@ class Services:
             raise UnknownModel(
                 f"unknown classification model {name!r}; choose one of {sorted(self.classify)}"
             ) from None
+
+    def answerer(self, name: str | None) -> QATask:
+        if name is None:
+            return self.qa
+        answerers = self.answerers or {self.qa.model.name: self.qa}
+        try:
+            return answerers[name]
+        except KeyError:
+            raise UnknownModel(f"unknown QA model {name!r}; choose one of {sorted(answerers)}") from None
 
     def detector(self, name: str | None) -> DetectTask:
         if name is None:

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
             the model's resize shrinks it 2x or more, never below the size the resize needs; about
             half the decode CPU and a far cheaper resize, inputs within a few grey levels of a full
             decode (``benchmarks/reduced_decode.py``). False: always decode in full.
+        precision_variants: precisions whose variants are served next to each configured model
+            (``qa_model``, ``detect_models``, ``classify_models``) when built: ``<model>_<precision>``
+            (e.g. ``resnet50_vd_int8``, from ``python -m magicmind_build --precision int8``) is served
+            if its manifest is in ``model_repository``, selectable with ``?model=`` on its task's route;
+            a name not served is 404 ``unknown_model``. Empty: none.
     """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
@@ -206,3 +211,4 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     http_parser: Literal["httptools", "h11"] = "httptools"
     reduced_decode: bool = True
+    precision_variants: list[str] = Field(default_factory=lambda: ["fp16", "int8"])

@@ -5,6 +5,8 @@ where the Triton model of the same name loads it from.
 
 ``--backend magicmind`` (on an MLU host with the Cambricon MagicMind SDK) then builds ``model.mm`` from
 ``model.onnx`` and the ``magicmind_build_config.json`` written next to it, and points the manifest at it.
+``--precision fp16 int8`` also builds ``<model>_fp16`` / ``<model>_int8`` next to each FP32 model (see
+:mod:`magicmind_build.precision`; ``--calibration``, ``--calibration-method``, ``--quantization``).
 
 ``--null-engine`` (benchmarks only) writes manifests with ``engine_format: null`` instead: Triton,
 run with ``MM_ALLOW_NULL_ENGINE=1``, then answers zeros of the real shapes at no engine cost.
@@ -20,6 +22,7 @@ import sys
 
 from engine_runtime.engine import EngineError, load_magicmind
 from engine_runtime.manifest import Manifest
+from magicmind_build import precision
 from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
 from magicmind_build.magicmind import MagicMindBuildError, build_magicmind_engine
 from magicmind_build.specs import SIZES, SPECS
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="BENCHMARK ONLY: write null-engine manifests (zero outputs; Triton needs MM_ALLOW_NULL_ENGINE=1)",
     )
+    precision.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.null_engine:
@@ -104,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                 LOGGER.error("%s: %s", name, exc)
                 return 2
         LOGGER.info("%s: built (%s weights) %s", name, manifest.weights, json.dumps(manifest.outputs))
+    options = precision.options_from_args(args, args.models)
+    for name in args.models:
+        for wanted in options.precisions[1:]:
+            try:
+                variant = precision.build_variant(SPECS[name], args.repo, args.size, wanted, options, args.force)
+            except precision.CalibrationError as exc:
+                LOGGER.error("%s: %s", name, exc)
+                return 2
+            LOGGER.info("%s: %s engine, calibration %s", variant.model, variant.precision, variant.calibration)
     return 0
 
 

@@ -5,6 +5,8 @@
 #
 #   MODEL_SIZE=tiny ./scripts/run_local.sh      # small models, for a quick look
 #   CHECKPOINTS="bert_qa=/path/bert.bin yolov5n=/path/yolov5n_sd.pt" ./scripts/run_local.sh
+#   PRECISIONS=fp16,int8 ./scripts/run_local.sh  # also build and serve <model>_fp16 / <model>_int8 variants
+#     (CALIBRATION=PATH, CALIBRATION_METHOD=minmax|entropy|percentile, QUANTIZATION=static|dynamic)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -15,6 +17,11 @@ mkdir -p "$RUN_DIR"
 
 build_args=(--repo triton_repo --size "$MODEL_SIZE")
 for item in ${CHECKPOINTS:-}; do build_args+=(--checkpoint "$item"); done
+if [ -n "${PRECISIONS:-}" ]; then
+  build_args+=(--precision "$PRECISIONS" --calibration-method "${CALIBRATION_METHOD:-minmax}")
+  build_args+=(--quantization "${QUANTIZATION:-static}")
+  for item in ${CALIBRATION:-}; do build_args+=(--calibration "$item"); done
+fi
 echo "run_local: building engines ($MODEL_SIZE)"
 .venv/bin/python -m magicmind_build "${build_args[@]}"
 

@@ -103,7 +103,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from magicmind_build.specs import SPECS
 
     repo = tmp_path_factory.mktemp("repo") / "triton_repo"
-    shutil.copytree(ROOT / "triton_repo", repo, ignore=shutil.ignore_patterns("*.onnx", "manifest.json", "__pycache__"))
+    # Precision variants (<model>_fp16/_int8) a local build generated are not the tests' models.
+    ignore = shutil.ignore_patterns("*.onnx", "manifest.json", "__pycache__", "*_fp16", "*_int8")
+    shutil.copytree(ROOT / "triton_repo", repo, ignore=ignore)
     for name, spec in SPECS.items():
         build_engine(spec, repo / name / "1", size="tiny")
     return repo

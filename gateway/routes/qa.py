@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from gateway.deps import ServicesDep
 from gateway.routes._http import error_responses, set_model_headers
@@ -10,10 +12,17 @@ from gateway.tasks.qa import QAQuery
 router = APIRouter(tags=["qa"])
 
 
-@router.post("/qa", response_model=QAResponse, responses=error_responses())
-async def answer_question(body: QARequest, services: ServicesDep, response: Response) -> QAResponse:
+@router.post("/qa", response_model=QAResponse, responses=error_responses(404))
+async def answer_question(
+    body: QARequest,
+    services: ServicesDep,
+    response: Response,
+    model: Annotated[
+        str | None, Query(description="bert_qa (default) or a built precision variant, e.g. bert_qa_int8")
+    ] = None,
+) -> QAResponse:
     """Extractive question answering over ``context`` (SQuAD style)."""
-    task = services.qa
+    task = services.answerer(model)
     result = await task(QAQuery(body.question, body.context, body.top_k))
     set_model_headers(response, task.model)
     answers = [

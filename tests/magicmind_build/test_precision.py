@@ -1,0 +1,115 @@
+"""Precision variants of a built engine (FP16 by graph conversion, INT8 by calibrated QDQ quantization)
+and the deterministic, disjoint calibration/evaluation sets."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from engine_runtime.engine import OnnxRuntimeEngine
+from engine_runtime.manifest import Manifest
+from magicmind_build import cli, datasets
+from magicmind_build.precision import PrecisionOptions, build_variant, is_variant_dir
+from magicmind_build.specs import SPECS
+
+
+@pytest.fixture(scope="module")
+def repo(model_repo: pathlib.Path, tmp_path_factory: pytest.TempPathFactory, chelsea_jpeg: bytes) -> pathlib.Path:
+    repo = tmp_path_factory.mktemp("precision") / "repo"
+    shutil.copytree(model_repo / "resnet50_vd", repo / "resnet50_vd", ignore=shutil.ignore_patterns("__pycache__"))
+    images = repo.parent / "images"
+    images.mkdir()
+    (images / "c.jpg").write_bytes(chelsea_jpeg)
+    (images / "notes.txt").write_text("not an image: ignored")
+    options = PrecisionOptions(calibration={"resnet50_vd": images}, count=8)
+    for precision in ("fp16", "int8"):
+        build_variant(SPECS["resnet50_vd"], repo, "tiny", precision, options)
+    return repo
+
+
+def test_variant_dirs_are_generated_from_the_base(repo: pathlib.Path) -> None:
+    base = (repo / "resnet50_vd" / "config.pbtxt").read_text()
+    for variant in ("resnet50_vd_fp16", "resnet50_vd_int8"):
+        config = (repo / variant / "config.pbtxt").read_text()
+        assert is_variant_dir(repo / variant)
+        assert f'name: "{variant}"' in config
+        assert config.split("\n", 1)[1] == base.replace('name: "resnet50_vd"', f'name: "{variant}"')
+        assert (repo / variant / "1" / "model.py").read_bytes() == (
+            repo / "resnet50_vd" / "1" / "model.py"
+        ).read_bytes()
+    assert not is_variant_dir(repo / "resnet50_vd")
+
+
+def test_fp16_keeps_io_types_and_halves_weights(repo: pathlib.Path) -> None:
+    base, fp16 = (OnnxRuntimeEngine(repo / n / "1" / "model.onnx") for n in ("resnet50_vd", "resnet50_vd_fp16"))
+    assert fp16.inputs == base.inputs and fp16.outputs == base.outputs
+    graph = onnx.load(str(repo / "resnet50_vd_fp16" / "1" / "model.onnx")).graph
+    float_types = {numpy_helper.to_array(t).dtype for t in graph.initializer if t.data_type in (1, 10)}
+    assert float_types == {np.dtype("float16")}
+    manifest = Manifest.read(repo / "resnet50_vd_fp16" / "1")
+    assert (manifest.precision, manifest.base_model, manifest.calibration) == ("fp16", "resnet50_vd", None)
+
+
+def test_int8_is_qdq_per_channel_with_recorded_calibration(repo: pathlib.Path) -> None:
+    graph = onnx.load(str(repo / "resnet50_vd_int8" / "1" / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    scales = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    per_channel = [
+        n for n in graph.node if n.op_type == "DequantizeLinear" and scales.get(n.input[1], np.zeros(())).size > 1
+    ]
+    assert per_channel, "no per-channel weight scales"
+    manifest = Manifest.read(repo / "resnet50_vd_int8" / "1")
+    images = repo.parent / "images"
+    assert manifest.precision == "int8"
+    assert manifest.calibration == {
+        "method": "minmax",
+        "sha256": datasets.set_sha256(images, 1),
+        "count": 1,
+        "source": str(images),
+    }
+    assert manifest.builder["base_engine_sha256"] == Manifest.read(repo / "resnet50_vd" / "1").engine_sha256
+
+
+def test_up_to_date_variant_is_kept_and_a_new_method_rebuilds(repo: pathlib.Path) -> None:
+    images = repo.parent / "images"
+    before = Manifest.read(repo / "resnet50_vd_int8" / "1")
+    options = PrecisionOptions(calibration={"resnet50_vd": images}, count=8)
+    assert build_variant(SPECS["resnet50_vd"], repo, "tiny", "int8", options).built_at == before.built_at
+    other = PrecisionOptions(calibration={"resnet50_vd": images}, count=8, method="percentile")
+    rebuilt = build_variant(SPECS["resnet50_vd"], repo, "tiny", "int8", other)
+    assert rebuilt.calibration is not None and rebuilt.calibration["method"] == "percentile"
+
+
+def test_calibration_of_the_wrong_kind_is_refused(repo: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    args = ["--repo", str(repo), "--size", "tiny", "--models", "resnet50_vd", "--precision", "int8"]
+    assert cli.main([*args, "--calibration", str(repo / "resnet50_vd" / "config.pbtxt")]) == 2
+    assert "folder of images" in caplog.text
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--precision", "int4"])
+
+
+def test_qa_sets_are_deterministic_disjoint_and_answerable() -> None:
+    first = datasets.qa_pairs(50, 2, datasets._FIRST, datasets._LAST)
+    assert first == datasets.qa_pairs(50, 2, datasets._FIRST, datasets._LAST)
+    calibration = datasets.qa_pairs(50, 1, datasets._CAL_FIRST, datasets._CAL_LAST)
+    names = {p["context"].split(" was born")[0] for p in first}
+    assert not names & {p["context"].split(" was born")[0] for p in calibration}
+    for pair in first:
+        assert pair["answer"] in pair["context"]
+
+
+def test_image_sets_are_deterministic_and_disjoint_by_photo(tmp_path: pathlib.Path) -> None:
+    assert not set(datasets.EVAL_PHOTOS) & set(datasets.CALIBRATION_PHOTOS)
+    photos = ("skimage:chelsea", "skimage:coffee")
+    a = datasets.write_images(tmp_path / "a", photos, 3, seed=5)
+    b = datasets.write_images(tmp_path / "b", photos, 3, seed=5)
+    assert [p.name for p in datasets.image_files(a)][:2] == ["000_skimage_chelsea.jpg", "000_skimage_coffee.jpg"]
+    assert datasets.set_sha256(a) == datasets.set_sha256(b)
+    assert datasets.set_sha256(a, 2) != datasets.set_sha256(a)
+    assert len({p.read_bytes() for p in datasets.image_files(a)}) == 6
