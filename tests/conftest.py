@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,9 +25,9 @@ from fastapi.testclient import TestClient
 
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings, create_app
-from triton_local import TritonServer, TritonServerConfig
+from tests.helpers import ROOT, free_port, triton_config
+from triton_local import TritonServer
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 E2E_FIXTURES = frozenset(
     {"model_repo", "qa_only_repo", "ghost_model_repo", "triton", "settings", "client", "gateway_url", "engines"}
     | {"own_triton", "own_triton_module", "start_gateway"}
@@ -81,19 +80,6 @@ def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         raise AssertionError(f"{request.node.nodeid} is in the unit tier but starts a tritonserver: mark it e2e")
 
     monkeypatch.setattr(TritonServer, "start", refuse)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def triton_config(repo: pathlib.Path, log_file: pathlib.Path, **ports: int) -> TritonServerConfig:
-    """A tritonserver on free local ports (or the given ones), logging to ``log_file``."""
-    for name in ("http_port", "grpc_port", "metrics_port"):
-        ports.setdefault(name, free_port())
-    return TritonServerConfig(model_repository=repo, startup_timeout_s=240, log_file=log_file, **ports)
 
 
 @pytest.fixture(scope="session")

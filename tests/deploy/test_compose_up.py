@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.compose
 

@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
 

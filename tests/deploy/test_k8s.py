@@ -34,7 +34,7 @@ from prometheus_client import generate_latest
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.triton import TritonClient
-from tests.conftest import ROOT, free_port, triton_config
+from tests.helpers import ROOT, free_port, triton_config
 from triton_local import TritonServer
 
 K8S = ROOT / "deploy" / "k8s"

@@ -19,8 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
-from tests.conftest import free_port
-from tests.reliability.conftest import GatewayProcess, gateway_env, run_gateway
+from tests.helpers import GatewayProcess, free_port, gateway_env, run_gateway
 from triton_local import TritonServer
 
 DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "inference-gateway.json"

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from gateway import Settings
-from tests.gateway.test_detect import direct_run, threshold_for
+from tests.helpers import direct_run, threshold_for
 
 
 def _requests(chelsea_jpeg: bytes, astronaut_png: bytes, conf: float) -> list[tuple[str, dict[str, Any]]]:

@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
-from gateway.model_io import read_model_io
 from gateway.processing.detection import postprocess_detections
-from gateway.processing.images import detect_input
-
-
-def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
-    s = settings
-    size = read_model_io(s.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
-    canvas, box = detect_input(
-        data, s.max_image_pixels, s.max_image_aspect_ratio, size, reduced_decode=s.reduced_decode
-    )
-    return engine.run({"images": canvas[None]})["detections"][0], box
-
-
-def threshold_for(prediction: np.ndarray, n: int) -> float:
-    """A confidence threshold that lets about ``n`` candidates through (the model is untrained)."""
-    scores = prediction[:, 4]
-    for value in np.unique(scores)[::-1]:  # untrained outputs tie a lot: step over distinct values
-        if (scores > value).sum() >= n:
-            return float(value)
-    raise AssertionError("too few distinct scores")
+from tests.helpers import direct_run, threshold_for
 
 
 def test_served_detections_equal_bare_engine(

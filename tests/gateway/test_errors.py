@@ -12,7 +12,7 @@ from PIL import Image
 
 from gateway import Settings, create_app
 from gateway.errors import TritonUnavailable
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def _image(fmt: str, size: tuple[int, int] = (32, 32)) -> bytes:

@@ -19,8 +19,7 @@ from gateway import request_id
 from gateway.logs import make_handler
 from gateway.settings import Settings
 from gateway.tasks.qa import QATask
-from tests.conftest import free_port
-from tests.reliability.conftest import GatewayProcess, run_gateway
+from tests.helpers import GatewayProcess, free_port, run_gateway
 
 QUESTION = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
 

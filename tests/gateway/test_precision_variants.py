@@ -19,9 +19,7 @@ from gateway.processing.detection import postprocess_detections
 from gateway.processing.images import decode_image, resize_center_crop
 from magicmind_build import cli
 from magicmind_build.datasets import qa_pairs, set_sha256, write_qa
-from tests.conftest import triton_config
-from tests.gateway.test_detect import direct_run, threshold_for
-from tests.gateway.test_qa import SHORT, direct_answers
+from tests.helpers import SHORT, direct_answers, direct_run, threshold_for, triton_config
 from triton_local import TritonServer
 
 VARIANTS = {  # served model -> (task, precision)

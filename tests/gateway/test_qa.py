@@ -7,39 +7,15 @@ import pytest
 import tritonclient.grpc as grpcclient
 from fastapi.testclient import TestClient
 
-from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings
-from gateway.processing.qa import decode_spans, encode_qa
+from gateway.processing.qa import encode_qa
 from gateway.tasks.qa import load_tokenizer
+from tests.helpers import SHORT, direct_answers
 
-SHORT = {
-    "question": "Who wrote the report?",
-    "context": "The report on the analytical engine was written by Ada Lovelace in 1843 in London.",
-}
 LONG_CONTEXT = " ".join(
     f"Paragraph {i}: the committee met in room {i * 7} and approved budget item {i * 13} after a long debate."
     for i in range(40)
 )
-
-
-def direct_answers(
-    settings: Settings, engine: OnnxRuntimeEngine, question: str, context: str, top_k: int
-) -> list[dict]:
-    tokenizer = load_tokenizer(settings)
-    features = encode_qa(tokenizer, question, context, settings.qa_max_question_tokens)
-    out = engine.run({n: getattr(features, n) for n in ("input_ids", "attention_mask", "token_type_ids")})
-    spans = decode_spans(
-        out["start_logits"],
-        out["end_logits"],
-        features,
-        context,
-        settings.qa_n_best,
-        settings.qa_max_answer_tokens,
-        top_k,
-    )
-    return [
-        {"text": s.text, "start": s.start, "end": s.end, "score": s.score, "probability": s.probability} for s in spans
-    ]
 
 
 @pytest.mark.parametrize("context", [SHORT["context"], LONG_CONTEXT], ids=["one-window", "many-windows"])

@@ -8,7 +8,7 @@ import threading
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
-from tests.conftest import free_port, triton_config
+from tests.helpers import free_port, triton_config
 from triton_local import TritonServer
 
 

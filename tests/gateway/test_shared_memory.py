@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
-from tests.gateway.test_detect import direct_run, threshold_for
+from tests.helpers import direct_run, threshold_for
 from triton_local import TritonServer
 
 
@@ -80,7 +80,7 @@ def test_shutdown_unregisters_and_unmaps_its_regions(
 
 
 def test_shared_memory_with_triton_down_is_503(model_repo, astronaut_png: bytes) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     settings = Settings(
         triton_url=f"127.0.0.1:{free_port()}", model_repository=model_repo, triton_shared_memory=True,

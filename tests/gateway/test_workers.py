@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from triton_local import TritonServer
 
 ROUTE = "/classify"

@@ -28,8 +28,8 @@ from magicmind_build.magicmind import (
     onnx_input_names,
 )
 from magicmind_build.specs import SPECS
-from tests.conftest import ROOT
 from tests.engine_runtime import fake_magicmind
+from tests.helpers import ROOT
 
 
 @pytest.fixture(params=["fake", "real"])

@@ -16,7 +16,7 @@ from engine_runtime.manifest import Manifest
 from gateway import Settings, create_app
 from magicmind_build.cli import main as build_main
 from magicmind_build.specs import SPECS
-from tests.conftest import ROOT, triton_config
+from tests.helpers import ROOT, triton_config
 from triton_local import TritonServer, TritonServerError
 
 

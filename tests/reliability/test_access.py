@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from gateway import Settings, create_app
-from tests.conftest import free_port
+from tests.helpers import free_port
 from triton_local import TritonServer
 
 QA = {"question": "Who wrote the letter?", "context": "The letter was written by Ada in London."}

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from gateway import Settings
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 MAX_PIXELS = 6000 * 6000
 BUDGET_BYTES = 400 * 1024 * 1024

@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from gateway import Settings, create_app
-from tests.conftest import triton_config
-from tests.reliability.helpers import metric_value, serve
+from tests.helpers import metric_value, serve, triton_config
 from triton_local import TritonServer
 
 BURST = 48

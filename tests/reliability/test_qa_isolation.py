@@ -22,7 +22,7 @@ import uvicorn
 
 from gateway import Settings, create_app
 from gateway.tasks.qa import load_tokenizer
-from tests.conftest import free_port
+from tests.helpers import free_port
 from triton_local import TritonServer
 
 LOGGER = logging.getLogger(__name__)

@@ -22,8 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
-from tests.conftest import ROOT, free_port, triton_config
-from tests.reliability.helpers import metric_value
+from tests.helpers import ROOT, free_port, metric_value, triton_config
 from triton_local import TritonServer
 
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from triton_local import TritonServer
 
 MAX_INFLIGHT = 4

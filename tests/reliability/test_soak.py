@@ -14,8 +14,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-from tests.reliability.conftest import GatewayProcess, gateway_env
+from tests.helpers import ROOT, GatewayProcess, gateway_env
 from triton_local import TritonServer
 
 SOAK = ROOT / "benchmarks" / "soak.py"

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway import Settings, create_app
-from tests.conftest import triton_config
+from tests.helpers import triton_config
 from triton_local import TritonServer, stubs
 from triton_local.heal import HealConfig, Supervisor
 

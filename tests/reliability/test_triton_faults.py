@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from magicmind_build.specs import SPECS
-from tests.reliability.conftest import GatewayProcess, OwnTriton, answer_of, gateway_env
+from tests.helpers import GatewayProcess, OwnTriton, answer_of, gateway_env
 from triton_local import stubs as triton_stubs
 
 CLIENT_TIMEOUT_S = 30.0  # far above any answer the gateway should give here; hitting it is a hang

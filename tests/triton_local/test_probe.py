@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from triton_local import TritonServer
 from triton_local.__main__ import main
 from triton_local.probe import probe_body, probe_model

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from tests.conftest import triton_config
+from tests.helpers import triton_config
 from triton_local import TritonServer, TritonServerError
 
 
@@ -28,7 +28,7 @@ def test_running_server_is_ready_and_stops(triton: TritonServer) -> None:
 def test_model_without_engine_names_the_build_command(tmp_path: pathlib.Path) -> None:
     import shutil
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     repo = tmp_path / "repo"
     shutil.copytree(
