@@ -121,7 +121,7 @@ def _tree_cpu_s(pid: int) -> float:
 
 def _engine_cpu_s(metrics_url: str) -> float:
     """Sum over models of the Triton models' ``mm_engine_cpu_us`` counters, in seconds."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - local server
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     return sum(float(v) for v in re.findall(r"^mm_engine_cpu_us\{[^}]*\} (\S+)$", text, re.M)) / 1e6
 
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ[NULL_ENV] = "1"  # explicitly enabled, for this benchmark's bare null engine
             LOGGER.info("%s engines from %s", kind, repo)
             with _triton(repo, null, args.port_base, work / f"triton-{kind}.log") as triton:
-                tiers = Tiers(triton._process.pid, triton.metrics_url)  # noqa: SLF001 - our own child
+                tiers = Tiers(triton._process.pid, triton.metrics_url)
                 for workers in args.workers if null else args.real_workers:
                     port = args.port_base + 10 + workers
                     with _gateway(repo, triton.grpc_url, port, workers, work / f"gateway-{kind}.log") as (gw, url):
