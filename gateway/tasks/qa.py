@@ -55,7 +55,7 @@ class QAQuery:
 
     question: str
     context: str
-    top_k: int = 1
+    top_k: int
 
 
 @dataclasses.dataclass(frozen=True)
