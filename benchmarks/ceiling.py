@@ -175,7 +175,7 @@ class CpuSample:
 def _metrics(metrics_url: str) -> dict[str, dict[str, float]]:
     """Per model: ``mm_engine_cpu_us`` (the stub's CPU during engine calls, s), ``mm_stub_cpu_us`` (the
     stub's CPU inside ``execute``, s) and Triton's ``nv_inference_count`` / ``nv_inference_exec_count``."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:  # noqa: S310 - local server
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     found: dict[str, dict[str, float]] = {}
     names = "mm_engine_cpu_us|mm_stub_cpu_us|nv_inference_count|nv_inference_exec_count"
@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             requests = args.requests if null else args.real_requests
             concurrency = args.concurrency if null else (args.real_concurrency or args.concurrency)
             with _triton(repo, null, args.port_base, work / f"triton-{kind}.log") as triton:
-                tiers = Tiers(triton._process.pid, triton.metrics_url)  # noqa: SLF001 - our own child
+                tiers = Tiers(triton._process.pid, triton.metrics_url)
                 for workers in (args.workers if null else args.real_workers) if "gateway" in args.paths else []:
                     port = args.port_base + 10 + workers
                     with _gateway(repo, triton.grpc_url, port, workers, work / f"gateway-{kind}.log") as (gw, url):

@@ -33,8 +33,8 @@ import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from ceiling import NULL_ENV, _cpu_s, _gateway, _null_repo, _triton  # noqa: E402
-from loadgen import QA_BODY, jpeg_512  # noqa: E402
+from ceiling import NULL_ENV, _cpu_s, _gateway, _null_repo, _triton
+from loadgen import QA_BODY, jpeg_512
 
 LOGGER = logging.getLogger("gateway_cpu")
 

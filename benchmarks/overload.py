@@ -107,7 +107,7 @@ def run_gateway(
         GATEWAY_LOG_LEVEL="error",
     )
     with open(log, "wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed argv
+        process = subprocess.Popen(
             [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"

@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False

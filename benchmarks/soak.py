@@ -346,7 +346,7 @@ class Faults:
             name = self.names[turn % len(self.names)]
             try:
                 await self.inject(name, turn // len(self.names))
-            except Exception as exc:  # noqa: BLE001 - report it with the faults, keep the load going
+            except Exception as exc:  # report it with the faults, keep the load going
                 self.note(f"{name}: failed: {type(exc).__name__}: {exc}")
             turn += 1
 
@@ -470,9 +470,7 @@ def start_stack(args: argparse.Namespace) -> Iterator[tuple[str, int, Any]]:
             triton_stubs.reap(stale, timeout_s=10)  # a server killed after ignoring SIGINT can leave stubs
 
         log = stack.enter_context(open(log_dir / "gateway.log", "ab"))
-        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed argv
-            [sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(url, process, 60)
             yield url, process.pid, triton

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._asgi import send_json_error
+from gateway.errors import Overloaded
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/models", "/openapi.json", "/docs"})
 
@@ -92,7 +93,7 @@ class AdmissionControl:
 
     async def _reject(self, send: Send, message: str, retry_after_s: int) -> None:
         retry_after = (b"retry-after", str(retry_after_s).encode())
-        await send_json_error(send, 503, "overloaded", message, [retry_after])
+        await send_json_error(send, Overloaded.status_code, Overloaded.code, message, [retry_after])
 
     def _predicted_excess_s(self, state: _KeyState, now: float) -> float:
         """How far the predicted latency of one more request exceeds the budget (<= 0: admit)."""

@@ -82,7 +82,7 @@ class BufferedBody:
                 body = await self._intake(scope, receive, share)
             except GatewayError as exc:
                 headers = [CLOSE]
-                if exc.status_code == 503:
+                if exc.status_code == Overloaded.status_code:
                     headers.append((b"retry-after", str(self.retry_after_s).encode()))
                 await send_json_error(send, exc.status_code, exc.code, exc.message, headers)
                 return

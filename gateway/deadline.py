@@ -23,6 +23,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway._asgi import send_json_error
+from gateway.errors import InvalidRequestTimeout, UpstreamTimeout
 from gateway.metrics import Metrics
 
 HEADER = "x-request-timeout"
@@ -76,7 +77,7 @@ class RequestDeadline:
         try:
             timeout_s = parse_timeout(header, self.default_s, self.max_s)
         except ValueError as exc:
-            await send_json_error(send, 400, "invalid_request_timeout", str(exc))
+            await send_json_error(send, InvalidRequestTimeout.status_code, InvalidRequestTimeout.code, str(exc))
             return
         token = current.set(time.monotonic() + timeout_s)
         try:
@@ -126,7 +127,7 @@ class RequestDeadline:
             done, _ = await asyncio.wait({work, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
             if work in done:
                 work.result()
-                if status == 504:
+                if status == UpstreamTimeout.status_code:
                     # A Triton call hit the deadline first: gRPC cancelled it, and the route gave up.
                     self._count(scope, "deadline")
                 return
@@ -140,7 +141,8 @@ class RequestDeadline:
                 await work
             self._count(scope, reason)
             if reason == "deadline":
-                await send_json_error(send, 504, "upstream_timeout", f"the request's {timeout_s:g}s deadline passed")
+                message = f"the request's {timeout_s:g}s deadline passed"
+                await send_json_error(send, UpstreamTimeout.status_code, UpstreamTimeout.code, message)
         finally:
             for task in (work, watcher, gone):
                 task.cancel()

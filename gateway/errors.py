@@ -13,6 +13,8 @@ Exception tree::
     │   ├── UnknownModel             404 unknown_model: no such model for this task
     │   ├── RequestTimeout           408 request_timeout: the body (or the headers) did not arrive in time
     │   ├── HeadersTooLarge          431 headers_too_large: request line and headers over the limit
+    │   ├── InvalidRequestTimeout    400 invalid_request_timeout: X-Request-Timeout not a positive finite
+    │   │                            number (answered by gateway.deadline, before any route)
     │   ├── Unauthorized             401 unauthorized: API keys are set and none valid was given
     │   │                            (answered by gateway.auth, before any route)
     │   └── RateLimited              429 rate_limited: the client's token bucket is empty
@@ -94,6 +96,11 @@ class RequestTimeout(RequestError):
 class HeadersTooLarge(RequestError):
     status_code = 431
     code = "headers_too_large"
+
+
+class InvalidRequestTimeout(RequestError):
+    status_code = 400
+    code = "invalid_request_timeout"
 
 
 class Overloaded(GatewayError):

@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway._asgi import error_body
+from gateway.errors import HeadersTooLarge, RequestError, RequestTimeout
 from gateway.settings import Settings
 
 
@@ -108,7 +109,9 @@ class GatewayH11Protocol(H11Protocol):
             return
         if self.conn.trailing_data[0]:  # part of a request came: say why we hang up
             message = f"request headers not received within {self.header_timeout_s:g} s"
-            self.transport.write(_raw_json_response(408, "Request Timeout", "request_timeout", message))
+            status = RequestTimeout.status_code
+            response = _raw_json_response(status, http.HTTPStatus(status).phrase, RequestTimeout.code, message)
+            self.transport.write(response)
             self.logger.info("closing a connection whose request headers did not arrive in time")
         self.transport.close()
 
@@ -122,9 +125,10 @@ class GatewayH11Protocol(H11Protocol):
         exc = sys.exception()
         if isinstance(exc, h11.RemoteProtocolError) and exc.error_status_hint == 431:
             limit = self.config.h11_max_incomplete_event_size
-            status, code, message = 431, "headers_too_large", f"request line and headers exceed {limit} bytes"
+            status, code = HeadersTooLarge.status_code, HeadersTooLarge.code
+            message = f"request line and headers exceed {limit} bytes"
         else:
-            status, code, message = 400, "bad_request", "invalid HTTP request"
+            status, code, message = RequestError.status_code, RequestError.code, "invalid HTTP request"
         body = json.dumps(error_body(code, message)).encode()
         headers = [
             (b"content-type", b"application/json"),

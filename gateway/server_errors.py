@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import request_id
 from gateway._asgi import send_json_error
+from gateway.errors import GatewayError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,4 +47,4 @@ class ServerErrors:
             )
             if started:
                 return  # the status line is out: nothing more can be said; the server ends the response
-            await send_json_error(send, 500, "internal_error", "internal error")
+            await send_json_error(send, GatewayError.status_code, GatewayError.code, "internal error")

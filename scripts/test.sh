@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-code=(gateway engine_runtime magicmind_build triton_local triton_repo tests benchmarks)
+code=(gateway engine_runtime magicmind_build triton_local triton_repo tests benchmarks scripts)
 .venv/bin/ruff check "${code[@]}"
 .venv/bin/ruff format --check "${code[@]}"
 .venv/bin/mypy gateway engine_runtime magicmind_build triton_local

@@ -179,7 +179,7 @@ def gateway_env(triton_grpc_url: str, model_repo: pathlib.Path, **settings: obje
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -195,7 +195,7 @@ def run_gateway(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     with open(log_file, "ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed argv
+        process = subprocess.Popen(
             [sys.executable, "-m", "gateway"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
         try:

@@ -200,7 +200,7 @@ class TritonServer:
             self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.config.log_file, "ab")  # noqa: SIM115 - closed in stop()
             stdout = self._log
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, list argv
+        self._process = subprocess.Popen(
             cmd,
             env=self.environment(),
             stdout=stdout,
@@ -208,7 +208,7 @@ class TritonServer:
             # A parent started in the background by a shell ignores SIGINT, and children inherit
             # that; restore the default so stop()'s SIGINT always reaches tritonserver. Only then:
             # a preexec_fn forces a full fork(), unsafe while other threads (gRPC clients) run.
-            preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,  # noqa: PLW1509
+            preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,
         )
         try:
             self.wait_ready(self.config.startup_timeout_s)
@@ -218,7 +218,7 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -267,7 +267,7 @@ class TritonServer:
 
     def shm_segments(self) -> list[pathlib.Path]:
         """This server's Python-backend segments in /dev/shm (exactly its prefix; no one else's)."""
-        return sorted(pathlib.Path("/dev/shm").glob(f"{self.shm_prefix}*"))  # noqa: S108
+        return sorted(pathlib.Path("/dev/shm").glob(f"{self.shm_prefix}*"))
 
     def stop(self) -> None:
         process = self._process

@@ -25,7 +25,7 @@ async def classify_image(
     """ImageNet-1k classification: resize 256, centre crop 224, softmax top-k."""
     task = services.classifier(model)
     data = await read_upload(file, settings.max_upload_bytes)
-    ranked = await task(ClassifyQuery(data, top_k or settings.classify_top_k))
+    ranked = await task(ClassifyQuery(data, top_k))
     set_model_headers(response, task.model)
     names = imagenet()
     return ClassifyResponse(

@@ -28,12 +28,8 @@ async def detect_objects(
     """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
     task = services.detector(model)
     data = await read_upload(file, settings.max_upload_bytes)
-    query = DetectQuery(
-        data,
-        settings.detect_conf_threshold if conf_threshold is None else conf_threshold,
-        settings.detect_iou_threshold if iou_threshold is None else iou_threshold,
-    )
-    detections, box = await task(query)
+    result = await task(DetectQuery(data, conf_threshold, iou_threshold))
+    detections = result.detections
     set_model_headers(response, task.model)
     names = coco()
     return DetectResponse(
@@ -41,6 +37,6 @@ async def detect_objects(
             Detection(box=tuple(float(v) for v in b), score=float(s), class_id=int(c), label=names[int(c)])  # type: ignore[arg-type]
             for b, s, c in zip(detections.boxes, detections.scores, detections.classes)
         ],
-        image=ImageSize(width=box.width, height=box.height),
+        image=ImageSize.model_validate(result, from_attributes=True),
         model=task.model,
     )

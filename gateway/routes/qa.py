@@ -25,9 +25,7 @@ async def answer_question(
     task = services.answerer(model)
     result = await task(QAQuery(body.question, body.context, body.top_k))
     set_model_headers(response, task.model)
-    answers = [
-        Answer(text=s.text, start=s.start, end=s.end, score=s.score, probability=s.probability) for s in result.spans
-    ]
+    answers = [Answer.model_validate(span, from_attributes=True) for span in result.spans]
     return QAResponse(
         answer=answers[0].text if answers else "", answers=answers, windows=result.windows, model=task.model
     )

@@ -16,11 +16,11 @@ from gateway.tasks.base import ImageTask
 class ClassifyQuery:
     """Args:
     image: the encoded image.
-    top_k: how many classes to return.
+    top_k: how many classes to return; None: ``settings.classify_top_k``.
     """
 
     image: bytes
-    top_k: int
+    top_k: int | None = None
 
 
 class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]):
@@ -57,4 +57,4 @@ class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]
     def postprocess(
         self, request: ClassifyQuery, features: np.ndarray, outputs: dict[str, np.ndarray]
     ) -> list[tuple[int, float]]:
-        return top_k(outputs["logits"][0], request.top_k)
+        return top_k(outputs["logits"][0], request.top_k or self.settings.classify_top_k)

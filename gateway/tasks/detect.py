@@ -29,13 +29,25 @@ def is_nanodet(model: ModelInfo) -> bool:
 class DetectQuery:
     """Args:
     image: the encoded image.
-    conf_threshold: minimum objectness x class probability.
-    iou_threshold: NMS IoU threshold.
+    conf_threshold: minimum objectness x class probability; None: ``settings.detect_conf_threshold``.
+    iou_threshold: NMS IoU threshold; None: ``settings.detect_iou_threshold``.
     """
 
     image: bytes
-    conf_threshold: float
-    iou_threshold: float
+    conf_threshold: float | None = None
+    iou_threshold: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectResult:
+    """Args:
+    detections: boxes in the original image's pixels, scores and class ids.
+    width, height: the original (EXIF-upright) image's size.
+    """
+
+    detections: Detections
+    width: int
+    height: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +56,7 @@ class DetectFeatures:
     letterbox: Letterbox
 
 
-class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letterbox]]):
+class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
     TASK = "detect"
 
     def __init__(
@@ -100,12 +112,10 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, tuple[Detections, Letter
 
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]
-    ) -> tuple[Detections, Letterbox]:
+    ) -> DetectResult:
+        conf = self.settings.detect_conf_threshold if request.conf_threshold is None else request.conf_threshold
+        iou = self.settings.detect_iou_threshold if request.iou_threshold is None else request.iou_threshold
         detections = postprocess_detections(
-            outputs[OUTPUT][0],
-            features.letterbox,
-            request.conf_threshold,
-            request.iou_threshold,
-            self.settings.detect_max_det,
+            outputs[OUTPUT][0], features.letterbox, conf, iou, self.settings.detect_max_det
         )
-        return detections, features.letterbox
+        return DetectResult(detections, features.letterbox.width, features.letterbox.height)

@@ -60,7 +60,7 @@ class QAQuery:
 
     question: str
     context: str
-    top_k: int = 1
+    top_k: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,7 +106,7 @@ class Status:
         self.message = message
 
     @staticmethod
-    def OK() -> Status:  # noqa: N802 - the SDK's name
+    def OK() -> Status:
         return Status()
 
     def ok(self) -> bool:
@@ -131,7 +131,7 @@ class DataType(enum.Enum):
 
 
 class ModelKind(enum.Enum):
-    kOnnx = "onnx"  # noqa: N815 - the SDK's name
+    kOnnx = "onnx"
 
 
 class QuantizationAlgorithm(enum.Enum):
@@ -143,10 +143,10 @@ class Dims:
     def __init__(self, dims: Sequence[int]) -> None:
         self._dims = [int(d) for d in dims]
 
-    def GetDims(self) -> list[int]:  # noqa: N802 - the SDK's name
+    def GetDims(self) -> list[int]:
         return list(self._dims)
 
-    def GetDimValue(self, index: int) -> int:  # noqa: N802 - the SDK's name
+    def GetDimValue(self, index: int) -> int:
         return self._dims[index]
 
 

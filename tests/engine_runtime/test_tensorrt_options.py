@@ -18,7 +18,7 @@ from triton_local import TritonServer
 
 
 def _served_config(triton: TritonServer, model: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/config", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/config", timeout=10) as response:
         return dict(json.loads(response.read()))
 
 

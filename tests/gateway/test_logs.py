@@ -119,7 +119,7 @@ def gateway_without_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     request = urllib.request.Request(url, body, headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - local URL
+        with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status), response.headers["x-request-id"]
     except urllib.error.HTTPError as error:
         return int(error.code), error.headers["x-request-id"]

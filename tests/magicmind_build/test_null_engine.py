@@ -100,7 +100,7 @@ def test_served_null_engines_are_labelled_and_count_engine_time(
         # Zero logits: every class equally likely.
         probabilities = [p["probability"] for p in response.json()["predictions"]]
         assert probabilities == pytest.approx([1 / 1000] * len(probabilities))
-    with urllib.request.urlopen(null_triton.metrics_url) as metrics:  # noqa: S310 - local server
+    with urllib.request.urlopen(null_triton.metrics_url) as metrics:
         text = metrics.read().decode()
     assert 'mm_engine_cpu_us{model="resnet50_vd"}' in text
     assert 'mm_engine_wall_us{model="resnet50_vd"}' in text

@@ -74,7 +74,7 @@ def test_gateway_serves_again_soon_after_triton_restart(
                 else:
                     time.sleep(0.05)
             assert recovered_at is not None, "the gateway still failed 10 s after Triton was ready"
-            print(f"recovery: first 200 {recovered_at - ready_at:.2f}s after Triton was ready")  # noqa: T201
+            print(f"recovery: first 200 {recovered_at - ready_at:.2f}s after Triton was ready")
             metrics = client.get("/metrics").text
         finally:
             starter.join(timeout=300)
@@ -89,7 +89,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) 
     while time.monotonic() < deadline:
         assert process.poll() is None, "gateway exited at startup"
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:  # noqa: S310 - local test URL
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -111,7 +111,7 @@ def test_sigterm_drain_is_capped(triton: TritonServer, model_repo: pathlib.Path,
     )
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed argv
+        process = subprocess.Popen(
             [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
@@ -130,7 +130,7 @@ def test_sigterm_drain_is_capped(triton: TritonServer, model_repo: pathlib.Path,
                 process.wait(timeout=cap_s + 15)
             except subprocess.TimeoutExpired:
                 pytest.fail(f"gateway still draining {cap_s + 15}s after SIGTERM (cap {cap_s}s)")
-            print(f"drain: exited {time.monotonic() - signalled:.2f}s after SIGTERM (cap {cap_s}s)")  # noqa: T201
+            print(f"drain: exited {time.monotonic() - signalled:.2f}s after SIGTERM (cap {cap_s}s)")
     finally:
         if process.poll() is None:
             process.kill()

@@ -71,7 +71,7 @@ def test_short_soak_against_the_stack(
     gateway = start_gateway(gateway_env(triton.grpc_url, model_repo))
     argv = [sys.executable, str(SOAK), "--url", gateway.url, "--gateway-pid", str(gateway.pid)]
     argv += ["--minutes", "0.25", "--concurrency", "2", "--request-timeout", "30"]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for kind in ("qa", "detect", "classify", "garbage", "png_bomb", "wrong_type"):

@@ -48,7 +48,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
 
 def probe_cli(url: str, *models: str, reload_dead: bool = False) -> subprocess.CompletedProcess[str]:
     args = [a for m in models for a in ("--model", m)] + (["--reload-dead"] if reload_dead else [])
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-m", "triton_local", "probe", "--http-url", url, "--timeout", "10", *args],
         capture_output=True,
         text=True,

@@ -26,7 +26,7 @@ def test_probe_fails_for_an_unknown_model(triton: TritonServer, caplog: pytest.L
 
 def test_probe_fails_when_triton_is_unreachable() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = subprocess.run(  # noqa: S603 - the exact command a health check runs
+    result = subprocess.run(
         [sys.executable, "-m", "triton_local", "probe", "--http-url", url, "--timeout", "2"],
         capture_output=True,
         text=True,
