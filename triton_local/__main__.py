@@ -94,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         help="this launcher's log lines (not tritonserver's own): JSON objects (the gateway's formatter) or text",
     )
     args = parser.parse_args(argv)
-    # The gateway's formatter (gateway.logs): this launcher runs where the whole distribution is
-    # installed; the Triton image runs tritonserver itself and ships triton_local for the probe only.
-    from gateway.logs import configure_logging
-
-    configure_logging(args.log_format, logging.INFO)
+    # The gateway's formatter (gateway.logs) where the whole distribution is installed. The CPU Triton
+    # image (deploy/Dockerfile.triton-cpu) ships triton_local and engine_runtime only: there this
+    # launcher's own few lines are plain text (tritonserver's output is Triton's text either way).
+    try:
+        from gateway.logs import configure_logging
+    except ImportError:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        configure_logging(args.log_format, logging.INFO)
     config = TritonServerConfig(
         model_repository=args.model_repository,
         host=args.host,
