@@ -45,6 +45,8 @@ E2E_MODULES = frozenset(
         "engine_runtime/test_package_boundary.py",  # fresh interpreters importing the packages
         "gateway/test_detect_nanodet.py",  # e2e by its fixtures; listed so `-m unit` skips importing PyTorch
         "deploy/test_compose_up.py",  # a container engine (its own `compose` tier)
+        "deploy/test_k8s.py",  # kubectl renders, the Job's real shell scripts, a real Prometheus and Triton
+        "gateway/test_logs.py",  # `python -m gateway` processes
     )
 )
 
