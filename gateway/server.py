@@ -46,17 +46,49 @@ from gateway.errors import HeadersTooLarge, RequestError, RequestTimeout
 from gateway.settings import Settings
 
 
-def _raw_json_response(status: int, reason: str, code: str, message: str) -> bytes:
-    """A complete HTTP/1.1 response with the JSON error body that closes the connection."""
-    body = json.dumps(error_body(code, message)).encode()
+def _raw_json_response(error: type[RequestError], message: str) -> bytes:
+    """A complete HTTP/1.1 response with ``error``'s status and JSON error body that closes the connection."""
+    body = json.dumps(error_body(error.code, message)).encode()
+    status = error.status_code
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
 
 
-class GatewayH11Protocol(H11Protocol):
+class _HeaderDeadline:
+    """The header deadline both protocols share: one timer per connection, armed while a request's
+    line and headers are awaited; :meth:`_header_timeout` (each protocol's) runs when it fires."""
+
+    header_timeout_s: float
+    header_timer: asyncio.TimerHandle | None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    logger: Any
+
+    def _header_timeout(self) -> None:
+        raise NotImplementedError
+
+    def _arm_header_timer(self) -> None:
+        if self.header_timer is None:
+            self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _close_late(self, partial_request: bool) -> None:
+        """Close a connection whose request headers did not arrive in time (408 if part of one came)."""
+        if partial_request:  # say why we hang up
+            message = f"request headers not received within {self.header_timeout_s:g} s"
+            self.transport.write(_raw_json_response(RequestTimeout, message))
+            self.logger.info("closing a connection whose request headers did not arrive in time")
+        self.transport.close()
+
+
+class GatewayH11Protocol(_HeaderDeadline, H11Protocol):
     """uvicorn's h11 protocol with a header deadline and JSON 400/431 answers.
 
     Args:
@@ -94,26 +126,11 @@ class GatewayH11Protocol(H11Protocol):
         else:
             self._disarm_header_timer()
 
-    def _arm_header_timer(self) -> None:
-        if self.header_timer is None:
-            self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
-
-    def _disarm_header_timer(self) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
-
     def _header_timeout(self) -> None:
         self.header_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        if self.conn.trailing_data[0]:  # part of a request came: say why we hang up
-            message = f"request headers not received within {self.header_timeout_s:g} s"
-            status = RequestTimeout.status_code
-            response = _raw_json_response(status, http.HTTPStatus(status).phrase, RequestTimeout.code, message)
-            self.transport.write(response)
-            self.logger.info("closing a connection whose request headers did not arrive in time")
-        self.transport.close()
+        self._close_late(partial_request=bool(self.conn.trailing_data[0]))
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request h11 refused, as JSON: 431 for an over-long header block, else 400.
@@ -141,7 +158,7 @@ class GatewayH11Protocol(H11Protocol):
         self.transport.close()
 
 
-class GatewayHttpToolsProtocol(HttpToolsProtocol):
+class GatewayHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
     """uvicorn's httptools protocol with a header size limit, a header deadline and JSON 400/431 answers.
 
     Args:
@@ -185,9 +202,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             if self.max_header_bytes and self.header_bytes > self.max_header_bytes:
                 self._disarm_header_timer()
                 message = f"request line and headers exceed {self.max_header_bytes} bytes"
-                self.transport.write(
-                    _raw_json_response(431, "Request Header Fields Too Large", "headers_too_large", message)
-                )
+                self.transport.write(_raw_json_response(HeadersTooLarge, message))
                 self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -200,29 +215,16 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         super().on_headers_complete()
 
-    def _arm_header_timer(self) -> None:
-        if self.header_timer is None:
-            self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
-
-    def _disarm_header_timer(self) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
-
     def _header_timeout(self) -> None:
         self.header_timer = None
         if self.transport.is_closing() or (self.cycle is not None and not self.in_headers):
             return  # a request is being served: its body has its own deadline
-        if self.in_headers:  # part of a request came: say why we hang up
-            message = f"request headers not received within {self.header_timeout_s:g} s"
-            self.transport.write(_raw_json_response(408, "Request Timeout", "request_timeout", message))
-            self.logger.info("closing a connection whose request headers did not arrive in time")
-        self.transport.close()
+        self._close_late(partial_request=self.in_headers)
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request httptools refused as malformed, as JSON 400, and close the connection."""
         self._disarm_header_timer()
-        self.transport.write(_raw_json_response(400, "Bad Request", "bad_request", "invalid HTTP request"))
+        self.transport.write(_raw_json_response(RequestError, "invalid HTTP request"))
         self.transport.close()
 
 
