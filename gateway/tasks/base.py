@@ -9,13 +9,12 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from anyio import to_thread
-from PIL import Image
 
 from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.model_io import ModelIO
-from gateway.processing.images import load_image, read_header
+from gateway.processing.images import read_header
 from gateway.settings import Settings
 from gateway.shared_memory import OutputRegions
 from gateway.triton import TritonClient
@@ -133,7 +132,3 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
         header = read_header(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
         async with self.budget.reserve(header.decode_bytes):
             yield
-
-    def load(self, request: ImageQueryT) -> Image.Image:
-        """The request's image, upright, in RGB or L (see :func:`gateway.processing.images.load_image`)."""
-        return load_image(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
