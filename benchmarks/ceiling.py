@@ -62,6 +62,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -287,6 +288,11 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     else:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with socket.socket() as probe:  # else /readyz could be answered by someone else's gateway on that port
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise RuntimeError(f"port {port} is in use; choose another --port-base") from error
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"

@@ -6,9 +6,9 @@ cost is what is left, and one gateway (``python -m gateway``, one process, YOLO'
 shared memory as the local stack runs it). It drives each route with one fixed request (a 512x512
 JPEG q90 of scikit-image's astronaut for the image routes, the load generator's one-window question
 for ``/qa``), ``--requests`` at a time from ``--concurrency`` client threads, in ``--rounds`` rounds,
-and reads utime+stime of the gateway's PID from ``/proc`` around each round (the client, Triton
-and everything else on the machine are not counted). The table gives the median and the lowest
-round; CPU time is counted in clock ticks (10 ms), so a round should take a few hundred ms of CPU::
+and reads every gateway thread's run time in nanoseconds (``/proc/<pid>/task/<tid>/schedstat``,
+as ``ceiling.py`` does) around each round (the client, Triton and everything else on the machine are
+not counted). The table gives the median and the lowest round::
 
     .venv/bin/python benchmarks/gateway_cpu.py --port-base 21100 --out benchmarks/results/gateway_cpu.md
 
@@ -33,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from ceiling import NULL_ENV, _cpu_s, _gateway, _null_repo, _triton
+from ceiling import NULL_ENV, CpuSample, _descendants, _gateway, _null_repo, _triton
 from loadgen import QA_BODY, jpeg_512
 
 LOGGER = logging.getLogger("gateway_cpu")
@@ -99,10 +99,11 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
                 job.result()
 
         batch(max(20, concurrency))  # warm-up: connections, first-use paths, caches
+        pids = [pid, *_descendants(pid)]  # the gateway and, with GATEWAY_WORKERS > 1, its workers
         for _ in range(rounds):
-            cpu0, wall0 = _cpu_s(pid), time.perf_counter()
+            cpu0, wall0 = CpuSample.read(pids), time.perf_counter()
             batch(requests)
-            wall, cpu = time.perf_counter() - wall0, _cpu_s(pid) - cpu0
+            wall, cpu = time.perf_counter() - wall0, CpuSample.read(pids).seconds_since(cpu0)
             cpu_ms.append(cpu * 1000 / requests)
             wall_ms.append(wall * 1000 / requests)
     for client in clients:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     note = args.note or (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared with other users "
         f"(load average {load:.1f} at the end), null engines, 1 gateway process, concurrency {args.concurrency}; "
-        "CPU of the gateway PID only (utime+stime from /proc)."
+        "CPU of the gateway's threads only (schedstat run time from /proc)."
     )
     table = markdown(results, note)
     if args.out:
