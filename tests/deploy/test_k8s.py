@@ -326,14 +326,18 @@ def test_requests_and_limits(rendered: dict[str, list[Doc]]) -> None:
                 assert "memory" in resources["limits"], (overlay, c["name"])
         gpus = container(one(docs, "Deployment", "triton"), "triton")["resources"]["limits"].get("nvidia.com/gpu")
         assert gpus == (None if overlay == "cpu" else 1)
-    # The gateway's own budgets (decode + buffered bodies) leave room under its memory limit.
+    # The gateway's own budgets (decode + buffered bodies, each per worker) leave room under its memory limit.
     docs = rendered["cpu"]
     limit = container(one(docs, "Deployment", "gateway"), "gateway")["resources"]["limits"]["memory"]
     units = {"Mi": 2**20, "Gi": 2**30}
     limit_bytes = int(limit[:-2]) * units[limit[-2:]]
     env = gateway_env(docs)
     budgets = int(env["GATEWAY_MAX_BUFFERED_BODY_BYTES"]) + int(env["GATEWAY_IMAGE_DECODE_BUDGET_BYTES"])
-    assert budgets <= limit_bytes / 2
+    workers = int(env.get("GATEWAY_WORKERS", "1"))
+    assert workers * budgets <= limit_bytes / 2
+    # One CPU requested per worker: each worker decodes and post-processes on its own core.
+    requests = container(one(docs, "Deployment", "gateway"), "gateway")["resources"]["requests"]
+    assert float(requests["cpu"]) >= workers
 
 
 def test_gpu_rollouts_never_need_a_second_gpu(rendered: dict[str, list[Doc]]) -> None:
