@@ -290,6 +290,9 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         "GATEWAY_TRITON_SHARED_MEMORY": os.environ.get("GATEWAY_TRITON_SHARED_MEMORY", "true"),
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_LOG_LEVEL": "warning",
+        # The health prober sends every model one real inference every 10 s: per time, not per request, and
+        # landing in whichever window it falls (a probe round of the full CPU engines is ~0.8 s of stub CPU).
+        "GATEWAY_HEALTH_PROBE_INTERVAL_S": os.environ.get("GATEWAY_HEALTH_PROBE_INTERVAL_S", "0"),
     }
     if workers > 1:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
