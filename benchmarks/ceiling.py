@@ -594,12 +594,16 @@ def tax_rounds_table(rows: list[Row]) -> str:
     engine's CPU per item in the same round; the tax's min / median / max over rounds, and the medians of
     what it is made of. ``engine in stub / bare`` is the engine's CPU inside the stub (its ``process_time``
     counter) over the bare engine's in the same round: the engine itself costing more when served.
-    The verdict is the median's; a path with errors in any round gets none."""
+    ``tax, engine as bare`` = (bare + gateway + tritonserver + stub-engine) / bare: the tax were the engine to
+    cost in the stub exactly what it cost bare, i.e. what the serving tiers alone add, without the engine's
+    own round-to-round swings on a loaded host. The verdict is the median tax's; a path with errors in any
+    round gets none."""
     rounds = [r for r in rows if r.round is not None and r.engine == "real"]
     bare = {(r.endpoint, r.concurrency, r.round): r for r in rounds if r.path == "bare"}
     head = ["endpoint", "path", "conc", "rounds", "served batch", "bare engine ms/item", "gateway ms/req"]
     head += ["tritonserver ms/req", "stub-engine ms/req", "engine in stub ms/req", "engine in stub / bare"]
-    head += ["beyond bare ms/req", "**tax** min / median / max", f"≤ {TAX_TARGET:.2f}", "load 1 min"]
+    head += ["beyond bare ms/req", "**tax** min / median / max", f"≤ {TAX_TARGET:.2f}", "tax, engine as bare"]
+    head += ["load 1 min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups: dict[tuple[str, str, int], list[tuple[Row, Row]]] = {}
     for r in rounds:
@@ -616,13 +620,15 @@ def tax_rounds_table(rows: list[Row]) -> str:
 
         engine_ratio = [(r.cpu_ms.get("engine") or 0.0) / b for (r, _), b in zip(pairs, base)]
         beyond = [_served_total(r) - b for (r, _), b in zip(pairs, base)]
+        tiers = [(_served_total(r) - (r.cpu_ms.get("engine") or 0.0) + b) / b for (r, _), b in zip(pairs, base)]
         errors = sum(r.errors for r, _ in pairs)
         verdict = "met" if statistics.median(taxes) <= TAX_TARGET else "NOT met"
         loads = [x for r, ref in pairs for x in (r.load1, ref.load1) if x is not None]
         cells = [endpoint, path, str(c), str(len(pairs)), _fmt(statistics.median(r.batch or 0.0 for r, _ in pairs))]
         cells += [_spread(base, 1), med("gateway"), med("triton"), med("stub-engine"), med("engine")]
         cells += [_spread(engine_ratio), _spread(beyond, 1), f"**{_spread(taxes)}**"]
-        cells += [verdict if not errors else f"n/a ({errors} errors)", _spread(loads, 1) if loads else "–"]
+        cells += [verdict if not errors else f"n/a ({errors} errors)", _spread(tiers)]
+        cells += [_spread(loads, 1) if loads else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

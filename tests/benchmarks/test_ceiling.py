@@ -46,6 +46,8 @@ def test_tax_rounds_divides_each_round_by_its_own_bare_round(ceiling: ModuleType
     # per round (2 + 1 + engine) / bare: 1.07, 1.04, 1.22
     assert cells[12] == "**1.04 / 1.07 / 1.22**"
     assert cells[13] == "met"
+    # (bare + 2 + 1) / bare: 1.03, 1.015, 1.02
+    assert cells[14] == "1.01 / 1.02 / 1.03"
 
 
 def test_tax_rounds_gives_no_verdict_with_errors(ceiling: ModuleType) -> None:
