@@ -596,8 +596,9 @@ def tax_rounds_table(rows: list[Row]) -> str:
     counter) over the bare engine's in the same round: the engine itself costing more when served.
     ``tax, engine as bare`` = (bare + gateway + tritonserver + stub-engine) / bare: the tax were the engine to
     cost in the stub exactly what it cost bare, i.e. what the serving tiers alone add, without the engine's
-    own round-to-round swings on a loaded host. The verdict is the median tax's; a path with errors in any
-    round gets none."""
+    own round-to-round swings on a loaded host. The verdict: met when both medians are within the target
+    (the first alone swings with the engine's noise, the second alone would hide an engine that costs more
+    when served); a path with errors in any round gets none."""
     rounds = [r for r in rows if r.round is not None and r.engine == "real"]
     bare = {(r.endpoint, r.concurrency, r.round): r for r in rounds if r.path == "bare"}
     head = ["endpoint", "path", "conc", "rounds", "served batch", "bare engine ms/item", "gateway ms/req"]
@@ -620,9 +621,9 @@ def tax_rounds_table(rows: list[Row]) -> str:
 
         engine_ratio = [(r.cpu_ms.get("engine") or 0.0) / b for (r, _), b in zip(pairs, base)]
         beyond = [_served_total(r) - b for (r, _), b in zip(pairs, base)]
-        tiers = [(_served_total(r) - (r.cpu_ms.get("engine") or 0.0) + b) / b for (r, _), b in zip(pairs, base)]
         errors = sum(r.errors for r, _ in pairs)
-        verdict = "met" if statistics.median(taxes) <= TAX_TARGET else "NOT met"
+        tiers = [(_served_total(r) - (r.cpu_ms.get("engine") or 0.0) + b) / b for (r, _), b in zip(pairs, base)]
+        verdict = "met" if max(statistics.median(taxes), statistics.median(tiers)) <= TAX_TARGET else "NOT met"
         loads = [x for r, ref in pairs for x in (r.load1, ref.load1) if x is not None]
         cells = [endpoint, path, str(c), str(len(pairs)), _fmt(statistics.median(r.batch or 0.0 for r, _ in pairs))]
         cells += [_spread(base, 1), med("gateway"), med("triton"), med("stub-engine"), med("engine")]
