@@ -8,6 +8,13 @@ JSON file and a PNG plot (throughput vs concurrency per path) to ``--out``::
         --endpoints qa detect detect_nanodet classify --concurrency 1 4 \\
         --requests 400 --real-requests 60 --workers 1 2 --port-base 28000
 
+For the tax on the real engines on a shared host, interleave them (``--rounds``; see below)::
+
+    .venv/bin/python benchmarks/ceiling.py --engines real --concurrency 1 --rounds 5 --real-requests 8
+
+The gateway runs with its health prober off (``GATEWAY_HEALTH_PROBE_INTERVAL_S=0`` unless set): a probe
+round is one real inference per model, a per-time cost that would land in whichever window it fell in.
+
 Paths, for each engine kind (``real``: the ONNX engines in ``--repo``; ``null``: the benchmark-only
 null engine, zero outputs of the real shapes at no engine cost, served with ``MM_ALLOW_NULL_ENGINE=1``):
 
@@ -48,6 +55,12 @@ Two summary tables follow the main one:
 - **Tax on the real engines**: (gateway + tritonserver + the stubs, engine included) per request /
   the bare engine's CPU per item at batch = concurrency, against the 1.10 target. It uses the
   whole-process figures only. A row with errors (e.g. requests shed with 503) gets no verdict.
+- **Interleaved** (``--rounds N``, real engines): one tritonserver and one gateway stay up; per
+  endpoint and concurrency, N rounds of bare engine, Triton direct and gateway, the order rotated each
+  round, each served round divided by the bare round of the same minutes (the engine's own CPU swings
+  by tens of percent within minutes on a loaded host). Min / median / max over rounds, and the tax
+  were the engine to cost in the stub what it cost bare (the serving tiers alone). The bare engine
+  must run the session the Triton model logged (:func:`served_session`), else the run stops.
 """
 
 from __future__ import annotations
