@@ -8,6 +8,13 @@ JSON file and a PNG plot (throughput vs concurrency per path) to ``--out``::
         --endpoints qa detect detect_nanodet classify --concurrency 1 4 \\
         --requests 400 --real-requests 60 --workers 1 2 --port-base 28000
 
+For the tax on the real engines on a shared host, interleave them (``--rounds``; see below)::
+
+    .venv/bin/python benchmarks/ceiling.py --engines real --concurrency 1 --rounds 5 --real-requests 8
+
+The gateway runs with its health prober off (``GATEWAY_HEALTH_PROBE_INTERVAL_S=0`` unless set): a probe
+round is one real inference per model, a per-time cost that would land in whichever window it fell in.
+
 Paths, for each engine kind (``real``: the ONNX engines in ``--repo``; ``null``: the benchmark-only
 null engine, zero outputs of the real shapes at no engine cost, served with ``MM_ALLOW_NULL_ENGINE=1``):
 
@@ -48,6 +55,12 @@ Two summary tables follow the main one:
 - **Tax on the real engines**: (gateway + tritonserver + the stubs, engine included) per request /
   the bare engine's CPU per item at batch = concurrency, against the 1.10 target. It uses the
   whole-process figures only. A row with errors (e.g. requests shed with 503) gets no verdict.
+- **Interleaved** (``--rounds N``, real engines): one tritonserver and one gateway stay up; per
+  endpoint and concurrency, N rounds of bare engine, Triton direct and gateway, the order rotated each
+  round, each served round divided by the bare round of the same minutes (the engine's own CPU swings
+  by tens of percent within minutes on a loaded host). Min / median / max over rounds, and the tax
+  were the engine to cost in the stub what it cost bare (the serving tiers alone). The bare engine
+  must run the session the Triton model logged (:func:`served_session`), else the run stops.
 """
 
 from __future__ import annotations
@@ -87,6 +100,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 NULL_ENV = "MM_ALLOW_NULL_ENGINE"
 # The models send their engine counters every metrics_flush_ms (500 ms by default): wait longer.
 METRICS_WAIT_S = 0.8
+# The stubs count as idle (no execute in flight) below this much CPU in METRICS_WAIT_S (flush threads, polling).
+STUBS_IDLE_S = 0.02
 
 
 @dataclasses.dataclass
@@ -106,6 +121,8 @@ class Row:
     p99_ms: float
     cpu_ms: dict[str, float | None]  # per request, by tier
     batch: float | None = None  # mean rows per engine call (Triton's inference / execution counts)
+    round: int | None = None  # interleaved runs (--rounds): which round of bare / Triton / gateway
+    load1: float | None = None  # the host's 1-minute load average at the end of the measurement
 
     @property
     def ceiling_per_core(self) -> float | None:
@@ -211,15 +228,18 @@ class Tiers:
 
     def _settled_metrics(self) -> dict[str, dict[str, float]]:
         """The counters once the stubs have sent all they hold: two readings ``METRICS_WAIT_S`` apart
-        agree (at most 10 s; a loaded machine can delay a stub's flush thread)."""
-        metrics = _metrics(self.metrics_url)
+        agree and the stubs were idle in between (at most 10 s; a loaded machine can delay a stub's flush
+        thread, and an ``execute`` still running adds its engine time only when it ends)."""
+        stub_pids = stubs.children(self.triton_pid)
+        metrics, busy = _metrics(self.metrics_url), CpuSample.read(stub_pids)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             time.sleep(METRICS_WAIT_S)
-            again = _metrics(self.metrics_url)
-            if again == metrics:
-                break
-            metrics = again
+            again, busy_again = _metrics(self.metrics_url), CpuSample.read(stub_pids)
+            if again == metrics and busy_again.seconds_since(busy) < STUBS_IDLE_S:
+                return again
+            metrics, busy = again, busy_again
+        LOGGER.warning("the stubs' engine counters did not settle in 10 s: the split engine / rest is off")
         return metrics
 
     def start(self) -> tuple[dict[str, dict[str, float]], dict[str, CpuSample]]:
@@ -283,6 +303,9 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         "GATEWAY_TRITON_SHARED_MEMORY": os.environ.get("GATEWAY_TRITON_SHARED_MEMORY", "true"),
         "GATEWAY_WORKERS": str(workers),
         "GATEWAY_LOG_LEVEL": "warning",
+        # The health prober sends every model one real inference every 10 s: per time, not per request, and
+        # landing in whichever window it falls (a probe round of the full CPU engines is ~0.8 s of stub CPU).
+        "GATEWAY_HEALTH_PROBE_INTERVAL_S": os.environ.get("GATEWAY_HEALTH_PROBE_INTERVAL_S", "0"),
     }
     if workers > 1:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -362,6 +385,7 @@ def _served_row(engine: str, path: str, workers: int | None, endpoint: str, c: i
     }
     batch = d["nv_inference_count"] / d["nv_inference_exec_count"] if d["nv_inference_exec_count"] else None
     row = Row(engine, path, workers, endpoint, c, n, r["errors"], n / r["wall_s"], p50, p95, p99, cpu, batch)
+    row.load1 = os.getloadavg()[0]
     return row
 
 
@@ -377,35 +401,103 @@ def stub_engine_options(model_dir: pathlib.Path) -> dict[str, Any]:
     }
 
 
-def _bare_rows(engine_kind: str, repo: pathlib.Path, endpoints: list[str], conc: list[int], iters: int) -> list[Row]:
-    """The engine in this process with the served model's session options; CPU = this process's
-    ``process_time`` (ONNX Runtime's threads included, nanosecond clock) over ``iters`` calls."""
+def _bare_engine(repo: pathlib.Path, name: str) -> Any:
+    """The engine of endpoint ``name`` loaded in this process with the served model's session options."""
     from engine_runtime.engine import load_engine
     from engine_runtime.manifest import Manifest
+
+    model_dir = repo / ENDPOINTS[name].model
+    manifest = Manifest.read(model_dir / "1")
+    options = {} if manifest.null else stub_engine_options(model_dir)
+    engine = load_engine(model_dir / "1" / manifest.engine_file, manifest, **options)
+    LOGGER.info("bare %s: %s %s", name, engine.description, options)
+    return engine
+
+
+def _bare_row(engine_kind: str, engine: Any, name: str, c: int, feeds: Any, iters: int) -> Row:
+    """``iters`` calls at batch ``c``; CPU = this process's ``process_time`` (ONNX Runtime's threads
+    included, nanosecond clock). Nothing else in this process runs meanwhile."""
+    times = []
+    cpu0 = time.process_time()
+    for _ in range(iters):
+        start = time.perf_counter()
+        engine.run(feeds)
+        times.append(time.perf_counter() - start)
+    cpu = time.process_time() - cpu0
+    p50, p95, p99 = _percentiles(times)
+    items = iters * c
+    cpu_ms: dict[str, float | None] = dict.fromkeys(_TIERS)
+    cpu_ms["engine"] = cpu * 1000 / items
+    row = Row(engine_kind, "bare", None, name, c, items, 0, items / sum(times), p50, p95, p99, cpu_ms, c)
+    row.load1 = os.getloadavg()[0]
+    return row
+
+
+def _bare_rows(engine_kind: str, repo: pathlib.Path, endpoints: list[str], conc: list[int], iters: int) -> list[Row]:
+    """The engine in this process with the served model's session options, after Triton has stopped."""
     from magicmind_build.bench import random_feeds
 
     rows = []
     for name in endpoints:
-        model_dir = repo / ENDPOINTS[name].model
-        manifest = Manifest.read(model_dir / "1")
-        options = {} if manifest.null else stub_engine_options(model_dir)
-        engine = load_engine(model_dir / "1" / manifest.engine_file, manifest, **options)
-        LOGGER.info("bare %s: %s %s", name, engine.description, options)
+        engine = _bare_engine(repo, name)
         for c in conc:
             feeds = random_feeds(engine, c)
             engine.run(feeds)
-            times = []
-            cpu0 = time.process_time()
-            for _ in range(iters):
-                start = time.perf_counter()
-                engine.run(feeds)
-                times.append(time.perf_counter() - start)
-            cpu = time.process_time() - cpu0
-            p50, p95, p99 = _percentiles(times)
-            items = iters * c
-            cpu_ms: dict[str, float | None] = dict.fromkeys(_TIERS)
-            cpu_ms["engine"] = cpu * 1000 / items
-            rows.append(Row(engine_kind, "bare", None, name, c, items, 0, items / sum(times), p50, p95, p99, cpu_ms, c))
+            rows.append(_bare_row(engine_kind, engine, name, c, feeds, iters))
+    return rows
+
+
+def served_session(log: pathlib.Path, model: str) -> str | None:
+    """The ONNX Runtime session the Triton model logged at ``initialize`` (``engine_runtime.engine.session_summary``
+    inside its ``description``), or None when the log has no such line."""
+    found = None
+    with contextlib.suppress(OSError):
+        for match in re.finditer(rf"\b{re.escape(model)}: (onnxruntime [^,(]*\([^)]*\))", log.read_text()):
+            found = match.group(1)
+    return found
+
+
+def _interleaved_rows(
+    repo: pathlib.Path,
+    endpoints: list[str],
+    conc: list[int],
+    rounds: int,
+    requests: int,
+    tiers: Tiers,
+    urls: dict[str, str],
+    triton_log: pathlib.Path,
+) -> list[Row]:
+    """Real engines, one endpoint at a time: ``rounds`` rounds of the bare engine (``requests`` items at
+    batch = concurrency, in this process) and ``requests`` requests on each served path in ``urls``
+    (``gateway``, ``triton``), the order rotated every round, so each served round has a bare round of
+    the same minutes to be divided by. The bare engine must run exactly the session the Triton model
+    logged (threads, CPUs, execution mode, graph optimisation, spinning): else this raises."""
+    from magicmind_build.bench import random_feeds
+
+    gateway_pid = tiers.gateway_pid
+    rows = []
+    for name in endpoints:
+        engine = _bare_engine(repo, name)
+        served = served_session(triton_log, ENDPOINTS[name].model)
+        if served != engine.description:
+            raise RuntimeError(f"{name}: the bare engine runs {engine.description!r}, Triton's model {served!r}")
+        for c in conc:
+            feeds = random_feeds(engine, c)
+            engine.run(feeds)
+            order = ["bare", *urls]
+            for r in range(rounds):
+                for path in order[r % len(order) :] + order[: r % len(order)]:
+                    if path == "bare":
+                        row = _bare_row("real", engine, name, c, feeds, max(1, requests // c))
+                    else:
+                        tiers.gateway_pid = gateway_pid if path == "gateway" else None
+                        result = _load(path, urls[path], name, c, requests, tiers)
+                        row = _served_row("real", path, 1 if path == "gateway" else None, name, c, result)
+                    row.round = r
+                    rows.append(row)
+                    LOGGER.info("%s", row)
+        del engine
+    tiers.gateway_pid = gateway_pid
     return rows
 
 
@@ -422,15 +514,24 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def markdown(rows: list[Row], note: str) -> str:
     head = ["engine", "path", "workers", "endpoint", "conc", "reqs", "err", "req/s", "p50 ms", "p95 ms", "p99 ms"]
-    head += ["batch"] + [f"{t} CPU ms/req" for t in _TIERS] + ["gw ceiling/core req/s"]
+    head += ["batch"] + [f"{t} CPU ms/req" for t in _TIERS] + ["gw ceiling/core req/s", "round", "load 1 min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.engine, r.path, str(r.workers or "–"), r.endpoint, str(r.concurrency), str(r.requests)]
         cells += [str(r.errors), _fmt(r.requests_per_s, 1), _fmt(r.p50_ms, 1), _fmt(r.p95_ms, 1), _fmt(r.p99_ms, 1)]
         cells += [_fmt(r.batch)] + [_fmt(r.cpu_ms.get(t)) for t in _TIERS] + [_fmt(r.ceiling_per_core, 0)]
+        cells += ["–" if r.round is None else str(r.round), _fmt(r.load1, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     out = note + "\n\n" + "\n".join(lines) + "\n"
-    for title, table in (("Triton tier", triton_tier_table(rows)), ("Tax on the real engines", tax_table(rows))):
+    tables = (
+        ("Triton tier", triton_tier_table(rows)),
+        ("Tax on the real engines", tax_table(rows)),
+        (
+            "Tax on the real engines, bare and served rounds interleaved (min / median / max over rounds)",
+            tax_rounds_table(rows),
+        ),
+    )
+    for title, table in tables:
         out += f"\n{title}:\n\n{table}\n" if table else ""
     summary = workers_summary(rows)
     return out + (f"\nGateway workers:\n\n{summary}\n" if summary else "")
@@ -466,6 +567,7 @@ def tax_table(rows: list[Row]) -> str:
     engine in them) / the bare engine's CPU per item at the same batch size (concurrency).
 
     Needs no split of the stubs' CPU between engine and the rest: only whole-process figures."""
+    rows = [r for r in rows if r.round is None]  # interleaved rounds: tax_rounds_table
     bare = {(r.endpoint, r.concurrency): r for r in rows if r.engine == "real" and r.path == "bare"}
     head = ["endpoint", "path", "conc", "served batch", "bare engine ms/item", "gateway ms/req"]
     head += ["tritonserver ms/req", "stubs (engine incl.) ms/req", "all tiers ms/req", "beyond bare ms/req"]
@@ -485,6 +587,62 @@ def tax_table(rows: list[Row]) -> str:
         cells = [r.endpoint, r.path, str(r.concurrency), _fmt(r.batch), _fmt(base, 1)]
         cells += [_fmt(r.cpu_ms.get("gateway")), _fmt(triton), _fmt(stubs_ms, 1), _fmt(total, 1)]
         cells += [_fmt(total - base, 1), f"**{total / base:.2f}**", verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    """``min / median / max`` of per-round values."""
+    return " / ".join(_fmt(v, digits) for v in (min(values), statistics.median(values), max(values)))
+
+
+def _served_total(r: Row) -> float:
+    """Every serving tier's CPU per request: gateway + tritonserver + the stubs (engine included)."""
+    cpu = r.cpu_ms
+    return sum(cpu.get(t) or 0.0 for t in ("gateway", "triton", "stub-engine", "engine"))
+
+
+def tax_rounds_table(rows: list[Row]) -> str:
+    """Interleaved real-engine rounds (``--rounds``): per round, all serving tiers' CPU per request / the bare
+    engine's CPU per item in the same round; the tax's min / median / max over rounds, and the medians of
+    what it is made of. ``engine in stub / bare`` is the engine's CPU inside the stub (its ``process_time``
+    counter) over the bare engine's in the same round: the engine itself costing more when served.
+    ``tax, engine as bare`` = (bare + gateway + tritonserver + stub-engine) / bare: the tax were the engine to
+    cost in the stub exactly what it cost bare, i.e. what the serving tiers alone add, without the engine's
+    own round-to-round swings on a loaded host. The verdict: met when both medians are within the target
+    (the first alone swings with the engine's noise, the second alone would hide an engine that costs more
+    when served); a path with errors in any round gets none."""
+    rounds = [r for r in rows if r.round is not None and r.engine == "real"]
+    bare = {(r.endpoint, r.concurrency, r.round): r for r in rounds if r.path == "bare"}
+    head = ["endpoint", "path", "conc", "rounds", "served batch", "bare engine ms/item", "gateway ms/req"]
+    head += ["tritonserver ms/req", "stub-engine ms/req", "engine in stub ms/req", "engine in stub / bare"]
+    head += ["beyond bare ms/req", "**tax** min / median / max", f"≤ {TAX_TARGET:.2f}", "tax, engine as bare"]
+    head += ["load 1 min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple[str, str, int], list[tuple[Row, Row]]] = {}
+    for r in rounds:
+        ref = bare.get((r.endpoint, r.concurrency, r.round))
+        if r.path != "bare" and ref is not None and ref.cpu_ms.get("engine"):
+            groups.setdefault((r.endpoint, r.path, r.concurrency), []).append((r, ref))
+    for (endpoint, path, c), pairs in groups.items():
+        base = [ref.cpu_ms["engine"] or 0.0 for _, ref in pairs]
+        taxes = [_served_total(r) / b for (r, _), b in zip(pairs, base)]
+
+        def med(tier: str, pairs: list[tuple[Row, Row]] = pairs) -> str:
+            values = [r.cpu_ms.get(tier) for r, _ in pairs]
+            return "–" if any(v is None for v in values) else _fmt(statistics.median(v or 0.0 for v in values))
+
+        engine_ratio = [(r.cpu_ms.get("engine") or 0.0) / b for (r, _), b in zip(pairs, base)]
+        beyond = [_served_total(r) - b for (r, _), b in zip(pairs, base)]
+        errors = sum(r.errors for r, _ in pairs)
+        tiers = [(_served_total(r) - (r.cpu_ms.get("engine") or 0.0) + b) / b for (r, _), b in zip(pairs, base)]
+        verdict = "met" if max(statistics.median(taxes), statistics.median(tiers)) <= TAX_TARGET else "NOT met"
+        loads = [x for r, ref in pairs for x in (r.load1, ref.load1) if x is not None]
+        cells = [endpoint, path, str(c), str(len(pairs)), _fmt(statistics.median(r.batch or 0.0 for r, _ in pairs))]
+        cells += [_spread(base, 1), med("gateway"), med("triton"), med("stub-engine"), med("engine")]
+        cells += [_spread(engine_ratio), _spread(beyond, 1), f"**{_spread(taxes)}**"]
+        cells += [verdict if not errors else f"n/a ({errors} errors)", _spread(tiers)]
+        cells += [_spread(loads, 1) if loads else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -569,6 +727,14 @@ def main(argv: list[str] | None = None) -> int:
         "--paths", nargs="+", choices=("gateway", "triton", "bare"), default=["gateway", "triton", "bare"]
     )
     parser.add_argument("--bare-iterations", type=int, default=20)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="real engines: alternate this many rounds of bare, Triton and gateway (--real-requests each, gateway "
+        "with the first --real-workers), so the tax divides by a bare engine measured minutes apart at most; "
+        "0: one run per path, the bare engine after Triton stops",
+    )
     parser.add_argument("--port-base", type=int, default=28000)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--note", default="", help="a line printed above the table (machine, load)")
@@ -596,8 +762,23 @@ def main(argv: list[str] | None = None) -> int:
             LOGGER.info("%s engines from %s", kind, repo)
             requests = args.requests if null else args.real_requests
             concurrency = args.concurrency if null else (args.real_concurrency or args.concurrency)
-            with _triton(repo, null, args.port_base, work / f"triton-{kind}.log") as triton:
+            triton_log = work / f"triton-{kind}.log"
+            with _triton(repo, null, args.port_base, triton_log) as triton:
                 tiers = Tiers(triton._process.pid, triton.metrics_url)
+                if not null and args.rounds:
+                    urls = {"triton": triton.grpc_url} if "triton" in args.paths else {}
+                    with contextlib.ExitStack() as stack:
+                        if "gateway" in args.paths:
+                            port = args.port_base + 10 + args.real_workers[0]
+                            log = work / f"gateway-{kind}.log"
+                            gw, urls["gateway"] = stack.enter_context(
+                                _gateway(repo, triton.grpc_url, port, args.real_workers[0], log)
+                            )
+                            tiers.gateway_pid = gw.pid
+                        rows += _interleaved_rows(
+                            repo, args.endpoints, concurrency, args.rounds, requests, tiers, urls, triton_log
+                        )
+                    continue
                 for workers in (args.workers if null else args.real_workers) if "gateway" in args.paths else []:
                     port = args.port_base + 10 + workers
                     with _gateway(repo, triton.grpc_url, port, workers, work / f"gateway-{kind}.log") as (gw, url):

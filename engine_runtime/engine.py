@@ -108,6 +108,22 @@ def tensorrt_options(model_config: Mapping[str, Any]) -> dict[str, str]:
     return options
 
 
+def session_summary(options: Any) -> str:
+    """The ONNX Runtime session options that decide an engine's CPU cost, as one comparable string:
+    intra-op and inter-op threads (0: ONNX Runtime's default, one per core the process may run on),
+    the CPUs this process may run on, execution mode, graph optimisation and spinning. The Triton model
+    logs it and ``benchmarks/ceiling.py`` checks that its bare engine's is the same."""
+    try:
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning on
+        spinning = "1"
+    return (
+        f"intra_op {options.intra_op_num_threads}, inter_op {options.inter_op_num_threads}, "
+        f"cpus {len(os.sched_getaffinity(0))}, {str(options.execution_mode).rsplit('.', 1)[-1]}, "
+        f"{str(options.graph_optimization_level).rsplit('.', 1)[-1]}, spinning {'off' if spinning == '0' else 'on'}"
+    )
+
+
 class OnnxRuntimeEngine(Engine):
     """An ONNX model run by ONNX Runtime.
 
@@ -155,6 +171,7 @@ class OnnxRuntimeEngine(Engine):
         self.inputs = tuple(self._spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(self._spec(a) for a in self.session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        self.session_summary = session_summary(self.session.get_session_options())
 
     @staticmethod
     def _spec(arg: Any) -> TensorSpec:
@@ -163,7 +180,7 @@ class OnnxRuntimeEngine(Engine):
 
     @property
     def description(self) -> str:
-        return f"onnxruntime {'/'.join(self.session.get_providers())}"
+        return f"onnxruntime {'/'.join(self.session.get_providers())} ({self.session_summary})"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

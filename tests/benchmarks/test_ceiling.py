@@ -1,0 +1,72 @@
+"""``benchmarks/ceiling.py``: the interleaved tax table and the served-session check (pure functions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+from types import ModuleType
+
+import pytest
+
+from tests.helpers import ROOT
+
+CEILING = ROOT / "benchmarks" / "ceiling.py"
+
+
+@pytest.fixture(scope="module")
+def ceiling() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ceiling", CEILING)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ceiling"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(ceiling: ModuleType, path: str, rnd: int, errors: int = 0, **cpu: float) -> object:
+    cpu_ms = {t: cpu.get(t.replace("-", "_")) for t in ceiling._TIERS}
+    return ceiling.Row("real", path, None, "classify", 1, 8, errors, 1.0, 1.0, 1.0, 1.0, cpu_ms, 1.0, rnd, 5.0)
+
+
+def _cells(table: str, path: str) -> list[str]:
+    line = next(line for line in table.splitlines() if line.startswith(f"| classify | {path} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_tax_rounds_divides_each_round_by_its_own_bare_round(ceiling: ModuleType) -> None:
+    rows = []
+    for rnd, bare, engine in ((0, 100.0, 104.0), (1, 200.0, 205.0), (2, 150.0, 180.0)):
+        rows.append(_row(ceiling, "bare", rnd, engine=bare))
+        rows.append(_row(ceiling, "triton", rnd, triton=2.0, stub_engine=1.0, engine=engine))
+    rows.append(_row(ceiling, "triton", 3, triton=1.0, stub_engine=1.0, engine=1.0))  # no bare round 3: left out
+    cells = _cells(ceiling.tax_rounds_table(rows), "triton")
+    assert cells[3] == "3"  # rounds
+    assert cells[5] == "100.0 / 150.0 / 200.0"  # bare min / median / max
+    # per round (2 + 1 + engine) / bare: 1.07, 1.04, 1.22
+    assert cells[12] == "**1.04 / 1.07 / 1.22**"
+    assert cells[13] == "met"
+    # (bare + 2 + 1) / bare: 1.03, 1.015, 1.02
+    assert cells[14] == "1.01 / 1.02 / 1.03"
+
+
+def test_tax_rounds_gives_no_verdict_with_errors(ceiling: ModuleType) -> None:
+    rows = [
+        _row(ceiling, "bare", 0, engine=100.0),
+        _row(ceiling, "gateway", 0, errors=2, gateway=5.0, triton=2.0, stub_engine=1.0, engine=100.0),
+    ]
+    assert _cells(ceiling.tax_rounds_table(rows), "gateway")[13] == "n/a (2 errors)"
+    # the one-run tax table ignores interleaved rounds
+    assert ceiling.tax_table(rows) == ""
+
+
+def test_served_session_reads_the_models_log_line(ceiling: ModuleType, tmp_path: pathlib.Path) -> None:
+    session = "onnxruntime CPUExecutionProvider (intra_op 0, inter_op 0, cpus 2, ORT_SEQUENTIAL, spinning off)"
+    log = tmp_path / "triton.log"
+    log.write_text(
+        f"I1123 python_be.cc] resnet50_vd: {session}, untrained weights, config {{'size': 'full'}}\n"
+        "I1123 python_be.cc] yolov5n: onnxruntime CPUExecutionProvider (intra_op 1), untrained weights\n"
+    )
+    assert ceiling.served_session(log, "resnet50_vd") == session
+    assert ceiling.served_session(log, "bert_qa") is None
+    assert ceiling.served_session(tmp_path / "missing.log", "resnet50_vd") is None
