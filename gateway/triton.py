@@ -19,9 +19,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    triton_to_np_dtype,
+)
 
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
@@ -43,6 +50,68 @@ QUEUE_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 def is_queue_rejection(message: str) -> bool:
     """Whether an ``UNAVAILABLE`` message is Triton shedding from a model queue, not an outage."""
     return any(text in message for text in QUEUE_REJECTIONS)
+
+
+_TRITON_DTYPES: dict[np.dtype[Any], str] = {}
+_NUMPY_DTYPES: dict[str, Any] = {}
+
+
+def _triton_dtype(dtype: np.dtype[Any]) -> str:
+    if dtype not in _TRITON_DTYPES:
+        _TRITON_DTYPES[dtype] = np_to_triton_dtype(dtype)
+    return _TRITON_DTYPES[dtype]
+
+
+def _numpy_dtype(datatype: str) -> Any:
+    if datatype not in _NUMPY_DTYPES:
+        _NUMPY_DTYPES[datatype] = triton_to_np_dtype(datatype)
+    return _NUMPY_DTYPES[datatype]
+
+
+def infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str],
+    request_id: str,
+    shm_output: tuple[str, str, int] | None = None,
+) -> service_pb2.ModelInferRequest:
+    """The ``ModelInferRequest`` protobuf, built straight from the arrays (``tritonclient``'s
+    ``InferInput``/``InferRequestedOutput`` objects cost more CPU than the call itself).
+
+    ``shm_output``: (output name, region name, region bytes) that Triton writes into shared memory.
+    """
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=_triton_dtype(array.dtype), shape=array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    for name in outputs:
+        output = request.outputs.add(name=name)
+        if shm_output is not None and shm_output[0] == name:
+            output.parameters["shared_memory_region"].string_param = shm_output[1]
+            output.parameters["shared_memory_byte_size"].int64_param = shm_output[2]
+    return request
+
+
+def output_arrays(response: service_pb2.ModelInferResponse, skip: str | None = None) -> dict[str, np.ndarray]:
+    """Every output of ``response`` as an array (read-only views of the response's raw bytes),
+    except ``skip`` (an output Triton wrote into shared memory)."""
+    arrays = {}
+    raw = response.raw_output_contents
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name == skip:
+            continue
+        datatype = tensor.datatype
+        if index < len(raw):
+            content = raw[index]
+            array = (
+                deserialize_bytes_tensor(content)
+                if datatype == "BYTES"
+                else np.frombuffer(content, dtype=_numpy_dtype(datatype))
+            )
+        else:
+            array = np.empty(0, dtype=_numpy_dtype(datatype))
+        arrays[tensor.name] = array.reshape(tensor.shape)
+    return arrays
 
 
 class TritonClient:
@@ -94,6 +163,8 @@ class TritonClient:
                 ("grpc.lb_policy_name", lb_policy),
             ],
         )
+        # The generated gRPC stub of the client: inference skips tritonclient's request and result objects.
+        self._stub = self._client._client_stub
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
@@ -154,59 +225,59 @@ class TritonClient:
         Its gRPC deadline is ``timeout_s`` or what is left of the request's deadline
         (:mod:`gateway.deadline`), whichever is sooner; none left: :class:`UpstreamTimeout` at once.
         """
-        infer_inputs = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            infer_inputs.append(tensor)
         region = await regions.acquire(self._client) if regions is not None else None
         # The output (if any) that comes back through shared memory for this call.
         shm_output = regions.output if regions is not None and region is not None else None
         try:
-            requested = []
-            for name in outputs:
-                output = grpcclient.InferRequestedOutput(name)
-                if name == shm_output and region is not None:
-                    output.set_shared_memory(region.name, region.nbytes)
-                requested.append(output)
-            request_id = request_id_var.get()
+            request = infer_request(
+                model,
+                inputs,
+                outputs,
+                request_id_var.get(),
+                None if shm_output is None or region is None else (shm_output, region.name, region.nbytes),
+            )
 
             def call() -> Any:
                 left = deadline.remaining()
                 timeout = self.timeout_s if left is None else min(self.timeout_s, left)
                 if timeout <= 0:
                     raise UpstreamTimeout(f"inference on {model}: the request's deadline has passed")
-                return self._client.infer(
-                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=timeout
-                )
+                return self._model_infer(request, timeout)
 
             try:
                 try:
-                    result = await self._call(f"inference on {model}", call)
+                    response = await self._call(f"inference on {model}", call)
                 except InferenceFailed as exc:
                     # A restarted Triton has forgotten the regions: register them again, once.
                     if regions is None or shm_output is None or "shared memory" not in exc.detail:
                         raise
                     if not await regions.reregister(self._client):
                         raise
-                    result = await self._call(f"inference on {model}", call)
+                    response = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
                 if self.health is not None and cannot_serve(exc.detail):
                     self.health.record(model, False, exc.detail)
                 raise
             if self.health is not None:
                 self.health.record(model, True)
-            arrays = {}
-            for name in outputs:
-                if name == shm_output and regions is not None and region is not None:
-                    tensor = result.get_output(name)
-                    arrays[name] = regions.read(region, triton_to_np_dtype(tensor.datatype), list(tensor.shape))
-                else:
-                    arrays[name] = result.as_numpy(name)
-            return arrays
+            arrays = output_arrays(response, shm_output)
+            if shm_output is not None and regions is not None and region is not None:
+                tensor = next(t for t in response.outputs if t.name == shm_output)
+                arrays[shm_output] = regions.read(region, _numpy_dtype(tensor.datatype), list(tensor.shape))
+            return {name: arrays[name] for name in outputs}
         finally:
             if regions is not None and region is not None:
                 regions.release(region)
+
+    async def _model_infer(self, request: service_pb2.ModelInferRequest, timeout: float) -> Any:
+        """``ModelInfer`` on the client's gRPC stub (what ``InferenceServerClient.infer`` does after
+        building its request); a gRPC error becomes the ``InferenceServerException`` it would raise."""
+        try:
+            return await self._stub.ModelInfer(request=request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise InferenceServerException(
+                msg=exc.details(), status=str(exc.code()), debug_details=exc.debug_error_string()
+            ) from None
 
     async def _model_config(self, model: str) -> dict[str, Any]:
         config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
@@ -263,13 +334,8 @@ class TritonClient:
                 ]
                 self._probe_inputs[model] = (specs, config["output"][0]["name"])
             specs, output = self._probe_inputs[model]
-            inputs = []
-            for name, shape, datatype in specs:
-                tensor = grpcclient.InferInput(name, shape, datatype)
-                tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
-                inputs.append(tensor)
-            outputs = [grpcclient.InferRequestedOutput(output)]
-            await self._client.infer(model, inputs, outputs=outputs, request_id="probe", client_timeout=timeout_s)
+            zeros = {name: np.zeros(shape, dtype=_numpy_dtype(datatype)) for name, shape, datatype in specs}
+            await self._model_infer(infer_request(model, zeros, [output], "probe"), timeout_s)
         except InferenceServerException as exc:
             self._probe_inputs.pop(model, None)  # a reloaded model may have a new config
             if exc.status() == _UNAVAILABLE:

@@ -15,6 +15,7 @@ import pytest
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth
+from gateway.shared_memory import OutputRegions
 from gateway.triton import TritonClient
 from tests.fakes import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, FakeTritonGrpc, grpc_error
 
@@ -135,3 +136,26 @@ def test_model_io_and_probe_read_the_served_config() -> None:
         "attention_mask": (1, 128),
         "token_type_ids": (1, 128),
     }
+
+
+def test_an_output_through_shared_memory_is_read_from_its_region() -> None:
+    detections = np.arange(3000 * 6, dtype=np.float32).reshape(1, 3000, 6)
+    fake = FakeTritonGrpc(responders={"yolov5n": lambda x: {"detections": detections}})
+    client = client_over(fake)
+    regions = OutputRegions("detections", detections.nbytes, size=1)
+    image = {"images": np.zeros((1, 640, 640, 3), np.uint8)}
+
+    async def scenario() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        through_shm = await client.infer("yolov5n", image, ["detections"], regions)
+        busy = await regions.acquire(fake)  # the pool's only region: the next call takes gRPC
+        over_grpc = await client.infer("yolov5n", image, ["detections"], regions)
+        assert busy is not None
+        regions.release(busy)
+        await regions.close(fake)
+        return through_shm, over_grpc
+
+    through_shm, over_grpc = run(scenario())  # type: ignore[misc]
+    np.testing.assert_array_equal(through_shm["detections"], detections)
+    np.testing.assert_array_equal(over_grpc["detections"], detections)
+    first, second = fake.calls
+    assert first.outputs == second.outputs == ["detections"] and fake.registered == {}
