@@ -382,6 +382,15 @@ class Settings(BaseSettings):
             "not served is 404 ``unknown_model``. Empty: none."
         ),
     )
+    task_threads: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Threads of the gateway's own pool (per worker process) where image decoding and detection "
+            "post-processing run; a request waits for a free thread (the image decoding budget still "
+            "bounds the memory)."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:
