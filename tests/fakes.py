@@ -5,11 +5,11 @@
 calls the gateway makes, with the real wire types: model configurations are the repository's own
 ``config.pbtxt`` files parsed into Triton's JSON form; inferences arrive at the fake gRPC stub
 (``_client_stub.ModelInfer``, what the gateway calls) as real ``ModelInferRequest`` protobufs and are
-answered with real ``ModelInferResponse`` protobufs. Outputs are canned arrays
-(zeros of the configured shape, or what a test's responder returns); an output requested into a
-registered system shared-memory region is written into that region, as Triton does. Failures are
-scripted ``InferenceServerException`` objects with Triton's status strings, raised by the stub as
-the ``grpc.aio.AioRpcError`` they stand for.
+answered with real ``ModelInferResponse`` protobufs. Outputs are canned arrays (zeros of the
+configured shape, or what a test's responder returns); an input in a registered system
+shared-memory region is read from that region, as Triton does. Failures are scripted
+``InferenceServerException`` objects with Triton's status strings, raised by the stub as the
+``grpc.aio.AioRpcError`` they stand for.
 
 Every behaviour tested with this fake is also tested end to end against a real tritonserver
 (tests/gateway/test_resilience.py, test_errors.py, tests/reliability/).
@@ -56,6 +56,7 @@ class Call:
     outputs: the requested output names.
     request_id: the request id sent.
     timeout_s: the call's client-side deadline.
+    shared: the inputs that came in a shared-memory region.
     """
 
     model: str
@@ -63,6 +64,7 @@ class Call:
     outputs: list[str]
     request_id: str
     timeout_s: float | None
+    shared: list[str] = dataclasses.field(default_factory=list)
 
 
 class FakeTritonGrpc:
@@ -110,38 +112,38 @@ class FakeTritonGrpc:
     def model_infer(
         self, request: service_pb2.ModelInferRequest, timeout: float | None
     ) -> service_pb2.ModelInferResponse:
-        arrays = {}
-        for index, tensor in enumerate(request.inputs):
+        arrays, shared = {}, []
+        raw = iter(request.raw_input_contents)  # one per input not in shared memory, in order
+        for tensor in request.inputs:
             dtype = triton_to_np_dtype(tensor.datatype)
-            arrays[tensor.name] = np.frombuffer(request.raw_input_contents[index], dtype=dtype).reshape(tensor.shape)
+            if "shared_memory_region" in tensor.parameters:
+                shared.append(tensor.name)
+            content = self._read_region(tensor.parameters) if tensor.name in shared else next(raw)
+            arrays[tensor.name] = np.frombuffer(content, dtype=dtype).reshape(tensor.shape).copy()
         names = [o.name for o in request.outputs]
-        self.calls.append(Call(request.model_name, arrays, names, request.id, timeout))
+        self.calls.append(Call(request.model_name, arrays, names, request.id, timeout, shared))
         if self.failures:
             raise self.failures.popleft()
         config = self.config(request.model_name)
         responder = self.responders.get(request.model_name)
         produced = dict(responder(arrays)) if responder else _zeros(config, arrays)
-        into_shm = {o.name: o.parameters for o in request.outputs if "shared_memory_region" in o.parameters}
         response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
         for name in names or [o["name"] for o in config["output"]]:
             array = np.ascontiguousarray(produced[name])
             tensor = response.outputs.add(name=name, datatype=np_to_triton_dtype(array.dtype))
             tensor.shape.extend(array.shape)
-            if name in into_shm:
-                self._write_region(into_shm[name], array.tobytes())
-                response.raw_output_contents.append(b"")
-            else:
-                response.raw_output_contents.append(array.tobytes())
+            response.raw_output_contents.append(array.tobytes())
         return response
 
-    def _write_region(self, parameters: Any, data: bytes) -> None:
+    def _read_region(self, parameters: Any) -> bytes:
         region = parameters["shared_memory_region"].string_param
         if region not in self.registered:
             raise grpc_error(INTERNAL, f"Unable to find system shared memory region: '{region}'")
-        if len(data) > parameters["shared_memory_byte_size"].int64_param or len(data) > self.registered[region]:
-            raise grpc_error(INTERNAL, f"shared memory region '{region}' is too small for the output")
-        with open("/dev/shm" + self.keys[region], "r+b") as segment:
-            segment.write(data)
+        nbytes = parameters["shared_memory_byte_size"].int64_param
+        if nbytes > self.registered[region]:
+            raise grpc_error(INTERNAL, f"shared memory region '{region}' is smaller than the input")
+        with open("/dev/shm" + self.keys[region], "rb") as segment:
+            return segment.read(nbytes)
 
     async def register_system_shared_memory(self, name: str, key: str, byte_size: int, **_: Any) -> None:
         self.registered[name] = byte_size

@@ -18,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.model_io import ModelIO
 from gateway.processing.images import read_header
 from gateway.settings import Settings
-from gateway.shared_memory import OutputRegions
+from gateway.shared_memory import Region
 from gateway.triton import TritonClient
 
 RequestT = TypeVar("RequestT")
@@ -108,10 +108,10 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
             return await in_thread(self.executor, self.postprocess, request, features, outputs)
 
     async def _infer_rows(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], regions: OutputRegions | None = None
+        self, inputs: dict[str, np.ndarray], outputs: list[str], placed: dict[str, Region] | None = None
     ) -> dict[str, np.ndarray]:
         self.metrics.batch_rows.labels(self.model.name).observe(len(next(iter(inputs.values()))))
-        return await self.client.infer(self.model.name, inputs, outputs, regions)
+        return await self.client.infer(self.model.name, inputs, outputs, placed)
 
     async def close(self) -> None:
         """Release what the task holds beyond the shared client (nothing, by default)."""

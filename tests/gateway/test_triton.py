@@ -15,7 +15,6 @@ import pytest
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth
-from gateway.shared_memory import OutputRegions
 from gateway.triton import TritonClient
 from tests.fakes import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, FakeTritonGrpc, grpc_error
 
@@ -138,24 +137,22 @@ def test_model_io_and_probe_read_the_served_config() -> None:
     }
 
 
-def test_an_output_through_shared_memory_is_read_from_its_region() -> None:
-    detections = np.arange(3000 * 6, dtype=np.float32).reshape(1, 3000, 6)
-    fake = FakeTritonGrpc(responders={"yolov5n": lambda x: {"detections": detections}})
-    client = client_over(fake)
-    regions = OutputRegions("detections", detections.nbytes, size=1)
-    image = {"images": np.zeros((1, 640, 640, 3), np.uint8)}
+def test_an_input_in_shared_memory_is_sent_by_reference() -> None:
+    fake = FakeTritonGrpc()
+    client = TritonClient("triton.internal:8001", 5.0, 0, 0.001, grpc_client=fake, shared_memory_regions=1)
+    image = np.random.default_rng(0).integers(0, 255, (1, 640, 640, 3), np.uint8)
 
-    async def scenario() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        through_shm = await client.infer("yolov5n", image, ["detections"], regions)
-        busy = await regions.acquire(fake)  # the pool's only region: the next call takes gRPC
-        over_grpc = await client.infer("yolov5n", image, ["detections"], regions)
-        assert busy is not None
-        regions.release(busy)
-        await regions.close(fake)
-        return through_shm, over_grpc
+    async def scenario() -> None:
+        region = await client.region("yolov5n/images", image.nbytes)
+        assert region is not None
+        view = region.array(np.uint8, image.shape)
+        view[:] = image
+        await client.infer("yolov5n", {"images": view}, ["detections"], placed={"images": region})
+        client.release(region)
+        await client.close()
 
-    through_shm, over_grpc = run(scenario())  # type: ignore[misc]
-    np.testing.assert_array_equal(through_shm["detections"], detections)
-    np.testing.assert_array_equal(over_grpc["detections"], detections)
-    first, second = fake.calls
-    assert first.outputs == second.outputs == ["detections"] and fake.registered == {}
+    run(scenario())
+    (call,) = fake.calls
+    assert call.shared == ["images"]
+    np.testing.assert_array_equal(call.inputs["images"], image)  # the fake read it from the region
+    assert fake.registered == {}
