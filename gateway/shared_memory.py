@@ -54,10 +54,6 @@ class Region:
         """A writable view of the region's first bytes as an array (valid while the region is held)."""
         return shm.get_contents_as_numpy(self.handle, np.dtype(dtype), list(shape))  # type: ignore[no-any-return]
 
-    def read(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
-        """A copy of what Triton wrote into the region (the region goes back to the pool afterwards)."""
-        return np.array(self.array(dtype, shape), copy=True)
-
 
 class RegionPool:
     """Every shared-memory region of one gateway process, created on first use.
