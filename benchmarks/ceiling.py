@@ -19,7 +19,7 @@ Paths, for each engine kind (``real``: the ONNX engines in ``--repo``; ``null``:
 null engine, zero outputs of the real shapes at no engine cost, served with ``MM_ALLOW_NULL_ENGINE=1``):
 
 - ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; the detectors'
-  output through shared memory, as the local stack runs it, unless ``GATEWAY_TRITON_SHARED_MEMORY=false``);
+  input through shared memory, as the local stack runs it, unless ``GATEWAY_TRITON_SHARED_MEMORY=false``);
 - ``triton``: ``tritonclient.grpc.aio`` with the preprocessed tensors straight to Triton (plain gRPC);
 - ``bare``: the engine called in this process, batch = concurrency, with the session options the
   served model gets from its ``config.pbtxt`` (threads, spinning, providers), so like is compared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 from typing import Any
@@ -41,6 +42,7 @@ class Services:
     health: whether each served model can serve (probes and real requests).
     answerers: QA pipelines by model name (``qa`` and its built precision variants); empty: ``qa`` only.
     prober: the background probe inferences feeding ``health``; started by the app's lifespan.
+    executor: the bounded thread pool (``task_threads``) every task's preprocess and postprocess run in.
     """
 
     client: TritonClient
@@ -51,6 +53,7 @@ class Services:
     health: ModelHealth = dataclasses.field(default_factory=lambda: ModelHealth([]))
     prober: Prober | None = None
     answerers: dict[str, QATask] = dataclasses.field(default_factory=dict)
+    executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def create(cls, settings: Settings, metrics: Metrics, client: TritonClient | None = None) -> Services:
@@ -86,6 +89,9 @@ class Services:
             },
         )
         services.health = client.health = ModelHealth([m.name for m in services.models])
+        services.executor = concurrent.futures.ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
+        for task in services.tasks:
+            task.executor = services.executor
         services.prober = Prober(
             services.health,
             client.probe,
@@ -155,3 +161,5 @@ class Services:
         for task in self.tasks:
             await task.close()
         await self.client.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)

@@ -40,14 +40,14 @@ class Settings(BaseSettings):
     triton_shared_memory: bool = Field(
         default=False,
         description=(
-            "Take the detectors' ``detections`` output (72 kB per image) through system shared memory "
-            "instead of gRPC; only where gateway and Triton share ``/dev/shm`` (one host or pod). "
-            "Measured no faster than gRPC since the output shrank from 8.5 MB (README, Detector "
-            "outputs)."
+            "Send the detectors' input (the letterboxed image, 1.2 MB at 640x640) through system shared "
+            "memory instead of gRPC: the gateway draws it straight into a region the Triton client owns "
+            "(README, Shared memory). Only where gateway and Triton share ``/dev/shm`` (one host or pod). "
+            "Outputs always come back over gRPC."
         ),
     )
     triton_shared_memory_regions: int = Field(
-        default=16, description="Shared-memory regions in the pool (busy pool: gRPC path)."
+        default=16, description="Shared-memory regions per model input (all busy: that request's input goes over gRPC)."
     )
     model_repository: pathlib.Path | None = Field(
         default=pathlib.Path("triton_repo"),
@@ -380,6 +380,15 @@ class Settings(BaseSettings):
             "``resnet50_vd_int8``, from ``python -m magicmind_build --precision int8``) is served if its "
             "manifest is in ``model_repository``, selectable with ``?model=`` on its task's route; a name "
             "not served is 404 ``unknown_model``. Empty: none."
+        ),
+    )
+    task_threads: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Threads of the gateway's own pool (per worker process) where image decoding and detection "
+            "post-processing run; a request waits for a free thread (the image decoding budget still "
+            "bounds the memory)."
         ),
     )
 

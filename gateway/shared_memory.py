@@ -1,14 +1,20 @@
-"""System shared memory for one Triton output, when the gateway and Triton share a host.
+"""System shared memory between the gateway and Triton, when they share a host.
 
-Sent back over gRPC an output is serialised, copied and parsed; written by Triton straight into a
-POSIX shared-memory region the gateway mapped, it is not. That paid off for YOLOv5n's former 8.5 MB
-output; the detectors' ``detections`` are 72 kB now, where it measured no faster than gRPC (README,
-"Detector outputs"). Each
-in-flight request borrows one region from a pool (regions are created and registered with Triton
-on first use); when all are busy the request simply takes the ordinary gRPC path.
+A tensor sent over gRPC is copied into the request, serialised, received and parsed by Triton; one in
+a POSIX shared-memory region that both processes mapped is not. The detectors' input (640x640x3
+bytes, 1.2 MB) pays for it: the gateway letterboxes the image straight into a region and the request
+only names it (README, "Shared memory": less CPU in the gateway and in Triton per ``/detect``). Their
+``detections`` output (72 kB) comes back over gRPC: through shared memory it measured no cheaper.
 
-Only for deployments where both processes see the same ``/dev/shm`` (one machine, or one pod
-with a shared memory volume): set ``GATEWAY_TRITON_SHARED_MEMORY=true``.
+The Triton client owns the one :class:`RegionPool` of the process: every region of every model
+(created with the client, so two first requests cannot create two pools). Regions are created and
+registered with Triton on first use, under the pool's lock, named ``gw-<pid>-<random>-<n>`` (unique
+per worker process); each in-flight request borrows a region and gives it back; when all ``size``
+regions of a tensor are busy (or Triton refuses to register one) the request simply takes the
+ordinary gRPC path. :meth:`RegionPool.close` unregisters and unmaps them all.
+
+Only for deployments where both processes see the same ``/dev/shm`` (one machine, or one pod with
+a shared memory volume): set ``GATEWAY_TRITON_SHARED_MEMORY=true``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import dataclasses
 import logging
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,59 +41,74 @@ class Region:
     key: the POSIX shared-memory key (``/name``).
     handle: tritonclient's handle of the mapping in this process.
     nbytes: the region's size.
+    tensor: what the region is for (``<model>/<tensor>``): regions are reused for that tensor only.
     """
 
     name: str
     key: str
     handle: Any
     nbytes: int
+    tensor: str
+
+    def array(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
+        """A writable view of the region's first bytes as an array (valid while the region is held)."""
+        return shm.get_contents_as_numpy(self.handle, np.dtype(dtype), list(shape))  # type: ignore[no-any-return]
 
 
-class OutputRegions:
-    """A pool of shared-memory regions for one output of one model.
+class RegionPool:
+    """Every shared-memory region of one gateway process, created on first use.
 
     Args:
-        output: the output tensor name.
-        nbytes: bytes of that output for one request.
-        size: most regions (= most concurrent requests served through shared memory).
+        size: most regions per tensor (= most concurrent requests served through shared memory).
     """
 
-    def __init__(self, output: str, nbytes: int, size: int) -> None:
-        self.output = output
-        self.nbytes = nbytes
+    def __init__(self, size: int) -> None:
         self.size = size
-        self._prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._all: list[Region] = []
-        self._free: list[Region] = []
+        self._count: dict[str, int] = {}
+        self._free: dict[str, list[Region]] = {}
         self._lock = asyncio.Lock()
 
-    async def acquire(self, client: Any) -> Region | None:
-        """A free region, registered with Triton; None when all ``size`` regions are busy or
-        Triton cannot register one now (the call then takes the gRPC path and its error handling)."""
-        if self._free:
-            return self._free.pop()
-        async with self._lock:
-            if len(self._all) >= self.size:
+    @property
+    def regions(self) -> list[Region]:
+        return list(self._all)
+
+    async def acquire(self, client: Any, tensor: str, nbytes: int) -> Region | None:
+        """A free region of at least ``nbytes`` for ``tensor``, registered with Triton; None when all
+        ``size`` of them are busy or Triton cannot register one now (the call then takes gRPC)."""
+        free = self._free.get(tensor)
+        if free:
+            region = free.pop()
+            if region.nbytes >= nbytes:
+                return region
+            free.append(region)
+            return None
+        async with self._lock:  # two first requests: one creates, the other waits and counts it
+            if self._count.get(tensor, 0) >= self.size:
                 return None
-            name = f"{self._prefix}-{len(self._all)}"
-            handle = shm.create_shared_memory_region(name, f"/{name}", self.nbytes)
-            region = Region(name, f"/{name}", handle, self.nbytes)
+            name = f"{self.prefix}-{len(self._all)}"
+            handle = shm.create_shared_memory_region(name, f"/{name}", nbytes)
+            region = Region(name, f"/{name}", handle, nbytes, tensor)
             try:
                 await client.register_system_shared_memory(region.name, region.key, region.nbytes)
             except InferenceServerException as exc:
                 LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
-                shm.destroy_shared_memory_region(region.handle)
+                _destroy(region)
                 return None
-            self._all.append(region)
+            except asyncio.CancelledError:  # Triton may have registered it: pooled, so that close() unregisters it
+                self._add(region)
+                self.release(region)
+                raise
+            self._add(region)
             return region
 
-    def release(self, region: Region) -> None:
-        self._free.append(region)
+    def _add(self, region: Region) -> None:
+        self._all.append(region)
+        self._count[region.tensor] = self._count.get(region.tensor, 0) + 1
 
-    @staticmethod
-    def read(region: Region, dtype: np.dtype[Any], shape: list[int]) -> np.ndarray:
-        """A copy of the output held in ``region`` (the region goes back to the pool afterwards)."""
-        return np.array(shm.get_contents_as_numpy(region.handle, dtype, shape), copy=True)
+    def release(self, region: Region) -> None:
+        self._free.setdefault(region.tensor, []).append(region)
 
     async def reregister(self, client: Any) -> bool:
         """Register every region again (after a Triton restart forgot them); False if Triton refuses."""
@@ -101,11 +123,21 @@ class OutputRegions:
 
     async def close(self, client: Any) -> None:
         """Unregister (best effort: Triton may be gone) and unmap every region."""
-        for region in self._all:
-            try:
-                await client.unregister_system_shared_memory(region.name)
-            except InferenceServerException as exc:  # shutting down: the mapping is removed below regardless
-                LOGGER.info("could not unregister %s: %s", region.name, exc)
-            shm.destroy_shared_memory_region(region.handle)
-        self._all.clear()
-        self._free.clear()
+        async with self._lock:
+            for region in self._all:
+                try:
+                    await client.unregister_system_shared_memory(region.name)
+                except InferenceServerException as exc:  # shutting down: the mapping is removed below regardless
+                    LOGGER.info("could not unregister %s: %s", region.name, exc)
+                _destroy(region)
+            self._all.clear()
+            self._count.clear()
+            self._free.clear()
+
+
+def _destroy(region: Region) -> None:
+    try:
+        shm.destroy_shared_memory_region(region.handle)
+    except BufferError:  # an array still views the mapping: unlink the name, the mapping goes with the array
+        LOGGER.info("%s is still mapped by an array; unlinking its name", region.name)
+        region.handle._mpsm_handle.unlink()

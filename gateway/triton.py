@@ -19,9 +19,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import (
+    InferenceServerException,
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    triton_to_np_dtype,
+)
 
 from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
@@ -29,7 +36,7 @@ from gateway.health import ModelHealth, cannot_serve
 from gateway.model_io import ModelIO
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
-from gateway.shared_memory import OutputRegions
+from gateway.shared_memory import Region, RegionPool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,6 +50,67 @@ QUEUE_REJECTIONS = ("Exceeds maximum queue size", "Request timeout expired")
 def is_queue_rejection(message: str) -> bool:
     """Whether an ``UNAVAILABLE`` message is Triton shedding from a model queue, not an outage."""
     return any(text in message for text in QUEUE_REJECTIONS)
+
+
+_TRITON_DTYPES: dict[np.dtype[Any], str] = {}
+_NUMPY_DTYPES: dict[str, Any] = {}
+
+
+def _triton_dtype(dtype: np.dtype[Any]) -> str:
+    if dtype not in _TRITON_DTYPES:
+        _TRITON_DTYPES[dtype] = np_to_triton_dtype(dtype)
+    return _TRITON_DTYPES[dtype]
+
+
+def _numpy_dtype(datatype: str) -> Any:
+    if datatype not in _NUMPY_DTYPES:
+        _NUMPY_DTYPES[datatype] = triton_to_np_dtype(datatype)
+    return _NUMPY_DTYPES[datatype]
+
+
+def infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str],
+    request_id: str,
+    placed: Mapping[str, Region] | None = None,
+) -> service_pb2.ModelInferRequest:
+    """The ``ModelInferRequest`` protobuf, built straight from the arrays (``tritonclient``'s
+    ``InferInput``/``InferRequestedOutput`` objects cost more CPU than the call itself).
+
+    ``placed``: inputs whose array already lies in that shared-memory region (sent by reference).
+    """
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, array in inputs.items():
+        tensor = request.inputs.add(name=name, datatype=_triton_dtype(array.dtype), shape=array.shape)
+        region = placed.get(name) if placed else None
+        if region is None:
+            request.raw_input_contents.append(array.tobytes())
+        else:
+            tensor.parameters["shared_memory_region"].string_param = region.name
+            tensor.parameters["shared_memory_byte_size"].int64_param = array.nbytes
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def output_arrays(response: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output of ``response`` as an array (read-only views of the response's raw bytes)."""
+    arrays = {}
+    raw = response.raw_output_contents
+    for index, tensor in enumerate(response.outputs):
+        datatype = tensor.datatype
+        if index < len(raw):
+            content = raw[index]
+            array = (
+                deserialize_bytes_tensor(content)
+                if datatype == "BYTES"
+                else np.frombuffer(content, dtype=_numpy_dtype(datatype))
+            )
+        else:
+            array = np.empty(0, dtype=_numpy_dtype(datatype))
+        arrays[tensor.name] = array.reshape(tensor.shape)
+    return arrays
 
 
 class TritonClient:
@@ -61,6 +129,9 @@ class TritonClient:
             every address of a headless Service.
         grpc_client: the ``tritonclient.grpc.aio.InferenceServerClient`` to use; one for ``url`` when
             None. The seam of the fast test tier, which passes a labelled fake (``tests/fakes.py``).
+        shared_memory_regions: most system shared-memory regions per tensor; 0: no shared memory.
+            The client is the one owner of the process's :class:`RegionPool` (inputs and outputs of
+            every model), created here, once; :meth:`close` unregisters and unmaps every region.
     """
 
     def __init__(
@@ -74,6 +145,7 @@ class TritonClient:
         connect_timeout_s: float = 1.0,
         lb_policy: str = "pick_first",
         grpc_client: Any = None,
+        shared_memory_regions: int = 0,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -94,6 +166,9 @@ class TritonClient:
                 ("grpc.lb_policy_name", lb_policy),
             ],
         )
+        # The generated gRPC stub of the client: inference skips tritonclient's request and result objects.
+        self._stub = self._client._client_stub
+        self.pool = RegionPool(shared_memory_regions) if shared_memory_regions > 0 else None
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
@@ -110,9 +185,12 @@ class TritonClient:
             connect_timeout_s=settings.triton_connect_timeout_s,
             lb_policy=settings.triton_lb_policy,
             grpc_client=grpc_client,
+            shared_memory_regions=settings.triton_shared_memory_regions if settings.triton_shared_memory else 0,
         )
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close(self._client)
         await self._client.close()
 
     async def _call(self, what: str, coro_factory: Any) -> Any:
@@ -146,81 +224,69 @@ class TritonClient:
         model: str,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
-        regions: OutputRegions | None = None,
+        placed: Mapping[str, Region] | None = None,
     ) -> dict[str, np.ndarray]:
         """One inference call; returns the requested outputs as arrays.
 
-        With ``regions``, that output comes back through shared memory when a region is free.
-        Its gRPC deadline is ``timeout_s`` or what is left of the request's deadline
-        (:mod:`gateway.deadline`), whichever is sooner; none left: :class:`UpstreamTimeout` at once.
+        ``placed``: inputs whose array is a view of that borrowed region (:meth:`region`), sent by
+        reference (outputs always come back over gRPC: the detectors' 72 kB measured no cheaper
+        through shared memory, README "Shared memory"). Its gRPC deadline is ``timeout_s`` or what is left of the
+        request's deadline (:mod:`gateway.deadline`), whichever is sooner; none left:
+        :class:`UpstreamTimeout` at once.
         """
-        infer_inputs = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            infer_inputs.append(tensor)
-        region = await regions.acquire(self._client) if regions is not None else None
-        # The output (if any) that comes back through shared memory for this call.
-        shm_output = regions.output if regions is not None and region is not None else None
+        request = infer_request(model, inputs, outputs, request_id_var.get(), placed)
+
+        def call() -> Any:
+            left = deadline.remaining()
+            timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+            if timeout <= 0:
+                raise UpstreamTimeout(f"inference on {model}: the request's deadline has passed")
+            return self._model_infer(request, timeout)
+
         try:
-            requested = []
-            for name in outputs:
-                output = grpcclient.InferRequestedOutput(name)
-                if name == shm_output and region is not None:
-                    output.set_shared_memory(region.name, region.nbytes)
-                requested.append(output)
-            request_id = request_id_var.get()
-
-            def call() -> Any:
-                left = deadline.remaining()
-                timeout = self.timeout_s if left is None else min(self.timeout_s, left)
-                if timeout <= 0:
-                    raise UpstreamTimeout(f"inference on {model}: the request's deadline has passed")
-                return self._client.infer(
-                    model, infer_inputs, outputs=requested, request_id=request_id, client_timeout=timeout
-                )
-
             try:
-                try:
-                    result = await self._call(f"inference on {model}", call)
-                except InferenceFailed as exc:
-                    # A restarted Triton has forgotten the regions: register them again, once.
-                    if regions is None or shm_output is None or "shared memory" not in exc.detail:
-                        raise
-                    if not await regions.reregister(self._client):
-                        raise
-                    result = await self._call(f"inference on {model}", call)
+                response = await self._call(f"inference on {model}", call)
             except InferenceFailed as exc:
-                if self.health is not None and cannot_serve(exc.detail):
-                    self.health.record(model, False, exc.detail)
-                raise
-            if self.health is not None:
-                self.health.record(model, True)
-            arrays = {}
-            for name in outputs:
-                if name == shm_output and regions is not None and region is not None:
-                    tensor = result.get_output(name)
-                    arrays[name] = regions.read(region, triton_to_np_dtype(tensor.datatype), list(tensor.shape))
-                else:
-                    arrays[name] = result.as_numpy(name)
-            return arrays
-        finally:
-            if regions is not None and region is not None:
-                regions.release(region)
+                # A restarted Triton has forgotten the regions: register them again, once.
+                if self.pool is None or not placed or "shared memory" not in exc.detail:
+                    raise
+                if not await self.pool.reregister(self._client):
+                    raise
+                response = await self._call(f"inference on {model}", call)
+        except InferenceFailed as exc:
+            if self.health is not None and cannot_serve(exc.detail):
+                self.health.record(model, False, exc.detail)
+            raise
+        if self.health is not None:
+            self.health.record(model, True)
+        arrays = output_arrays(response)
+        return {name: arrays[name] for name in outputs}
+
+    async def region(self, tensor: str, nbytes: int) -> Region | None:
+        """A shared-memory region of ``nbytes`` for ``tensor`` (``<model>/<name>``) from the client's
+        pool, to give back with :meth:`release`; None when shared memory is off or every region of
+        that tensor is busy (the call then sends the tensor over gRPC)."""
+        if self.pool is None:
+            return None
+        return await self.pool.acquire(self._client, tensor, nbytes)
+
+    def release(self, region: Region) -> None:
+        if self.pool is not None:
+            self.pool.release(region)
+
+    async def _model_infer(self, request: service_pb2.ModelInferRequest, timeout: float) -> Any:
+        """``ModelInfer`` on the client's gRPC stub (what ``InferenceServerClient.infer`` does after
+        building its request); a gRPC error becomes the ``InferenceServerException`` it would raise."""
+        try:
+            return await self._stub.ModelInfer(request=request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise InferenceServerException(
+                msg=exc.details(), status=str(exc.code()), debug_details=exc.debug_error_string()
+            ) from None
 
     async def _model_config(self, model: str) -> dict[str, Any]:
         config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
         return config["config"]  # type: ignore[no-any-return]
-
-    async def output_nbytes(self, model: str, output: str) -> int:
-        """Bytes of one request's ``output`` (batch 1), from the model's configuration."""
-        config = await self._model_config(model)
-        spec = next(o for o in config["output"] if o["name"] == output)
-        dtype = triton_to_np_dtype(spec["data_type"].removeprefix("TYPE_"))
-        return int(np.prod([int(d) for d in spec["dims"]])) * np.dtype(dtype).itemsize
-
-    async def close_regions(self, regions: OutputRegions) -> None:
-        await regions.close(self._client)
 
     async def model_io(self, models: Sequence[str], wait_s: float) -> dict[str, ModelIO]:
         """Each model's tensors from Triton's configuration, waiting up to ``wait_s`` for Triton
@@ -263,13 +329,8 @@ class TritonClient:
                 ]
                 self._probe_inputs[model] = (specs, config["output"][0]["name"])
             specs, output = self._probe_inputs[model]
-            inputs = []
-            for name, shape, datatype in specs:
-                tensor = grpcclient.InferInput(name, shape, datatype)
-                tensor.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(datatype)))
-                inputs.append(tensor)
-            outputs = [grpcclient.InferRequestedOutput(output)]
-            await self._client.infer(model, inputs, outputs=outputs, request_id="probe", client_timeout=timeout_s)
+            zeros = {name: np.zeros(shape, dtype=_numpy_dtype(datatype)) for name, shape, datatype in specs}
+            await self._model_infer(infer_request(model, zeros, [output], "probe"), timeout_s)
         except InferenceServerException as exc:
             self._probe_inputs.pop(model, None)  # a reloaded model may have a new config
             if exc.status() == _UNAVAILABLE:

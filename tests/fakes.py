@@ -3,10 +3,13 @@
 :class:`FakeTritonGrpc` stands in for ``tritonclient.grpc.aio.InferenceServerClient`` behind the seam
 ``TritonClient(grpc_client=…)`` / ``create_app(settings, triton_client=…)``. It implements only the
 calls the gateway makes, with the real wire types: model configurations are the repository's own
-``config.pbtxt`` files parsed into Triton's JSON form, inputs arrive as real ``InferInput`` objects
-and answers are real ``InferResult`` objects built from ``ModelInferResponse`` protobufs. Outputs are
-canned arrays (zeros of the configured shape, or what a test's responder returns); failures are
-scripted ``InferenceServerException`` objects with Triton's status strings.
+``config.pbtxt`` files parsed into Triton's JSON form; inferences arrive at the fake gRPC stub
+(``_client_stub.ModelInfer``, what the gateway calls) as real ``ModelInferRequest`` protobufs and are
+answered with real ``ModelInferResponse`` protobufs. Outputs are canned arrays (zeros of the
+configured shape, or what a test's responder returns); an input in a registered system
+shared-memory region is read from that region, as Triton does. Failures are scripted
+``InferenceServerException`` objects with Triton's status strings, raised by the stub as the
+``grpc.aio.AioRpcError`` they stand for.
 
 Every behaviour tested with this fake is also tested end to end against a real tritonserver
 (tests/gateway/test_resilience.py, test_errors.py, tests/reliability/).
@@ -17,11 +20,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
@@ -53,6 +56,7 @@ class Call:
     outputs: the requested output names.
     request_id: the request id sent.
     timeout_s: the call's client-side deadline.
+    shared: the inputs that came in a shared-memory region.
     """
 
     model: str
@@ -60,6 +64,7 @@ class Call:
     outputs: list[str]
     request_id: str
     timeout_s: float | None
+    shared: list[str] = dataclasses.field(default_factory=list)
 
 
 class FakeTritonGrpc:
@@ -81,6 +86,8 @@ class FakeTritonGrpc:
         self.server_is_ready = True
         self.closed = False
         self.registered: dict[str, int] = {}
+        self.keys: dict[str, str] = {}  # region name -> POSIX shared-memory key
+        self._client_stub = _FakeStub(self)
 
     def fail_next(self, *errors: InferenceServerException) -> None:
         """The next ``len(errors)`` inference calls raise these, in order."""
@@ -102,33 +109,45 @@ class FakeTritonGrpc:
     async def is_model_ready(self, model_name: str, **_: Any) -> bool:
         return self.server_is_ready and (self.repository / model_name / "config.pbtxt").is_file()
 
-    async def infer(
-        self,
-        model_name: str,
-        inputs: Sequence[grpcclient.InferInput],
-        outputs: Sequence[grpcclient.InferRequestedOutput] | None = None,
-        request_id: str = "",
-        client_timeout: float | None = None,
-        **_: Any,
-    ) -> grpcclient.InferResult:
-        arrays = {tensor.name(): _array_of(tensor) for tensor in inputs}
-        names = [o.name() for o in outputs or []]
-        self.calls.append(Call(model_name, arrays, names, request_id, client_timeout))
+    def model_infer(
+        self, request: service_pb2.ModelInferRequest, timeout: float | None
+    ) -> service_pb2.ModelInferResponse:
+        arrays, shared = {}, []
+        raw = iter(request.raw_input_contents)  # one per input not in shared memory, in order
+        for tensor in request.inputs:
+            dtype = triton_to_np_dtype(tensor.datatype)
+            if "shared_memory_region" in tensor.parameters:
+                shared.append(tensor.name)
+            content = self._read_region(tensor.parameters) if tensor.name in shared else next(raw)
+            arrays[tensor.name] = np.frombuffer(content, dtype=dtype).reshape(tensor.shape).copy()
+        names = [o.name for o in request.outputs]
+        self.calls.append(Call(request.model_name, arrays, names, request.id, timeout, shared))
         if self.failures:
             raise self.failures.popleft()
-        config = self.config(model_name)
-        responder = self.responders.get(model_name)
+        config = self.config(request.model_name)
+        responder = self.responders.get(request.model_name)
         produced = dict(responder(arrays)) if responder else _zeros(config, arrays)
-        response = service_pb2.ModelInferResponse(model_name=model_name, id=request_id)
+        response = service_pb2.ModelInferResponse(model_name=request.model_name, id=request.id)
         for name in names or [o["name"] for o in config["output"]]:
             array = np.ascontiguousarray(produced[name])
             tensor = response.outputs.add(name=name, datatype=np_to_triton_dtype(array.dtype))
             tensor.shape.extend(array.shape)
             response.raw_output_contents.append(array.tobytes())
-        return grpcclient.InferResult(response)
+        return response
+
+    def _read_region(self, parameters: Any) -> bytes:
+        region = parameters["shared_memory_region"].string_param
+        if region not in self.registered:
+            raise grpc_error(INTERNAL, f"Unable to find system shared memory region: '{region}'")
+        nbytes = parameters["shared_memory_byte_size"].int64_param
+        if nbytes > self.registered[region]:
+            raise grpc_error(INTERNAL, f"shared memory region '{region}' is smaller than the input")
+        with open("/dev/shm" + self.keys[region], "rb") as segment:
+            return segment.read(nbytes)
 
     async def register_system_shared_memory(self, name: str, key: str, byte_size: int, **_: Any) -> None:
         self.registered[name] = byte_size
+        self.keys[name] = key
 
     async def unregister_system_shared_memory(self, name: str = "", **_: Any) -> None:
         if name:
@@ -140,10 +159,20 @@ class FakeTritonGrpc:
         self.closed = True
 
 
-def _array_of(tensor: grpcclient.InferInput) -> np.ndarray:
-    content = tensor._get_content()
-    dtype = triton_to_np_dtype(tensor.datatype())
-    return np.frombuffer(content, dtype=dtype).reshape(tensor.shape())
+class _FakeStub:
+    """FAKE: the generated ``GRPCInferenceServiceStub``'s ``ModelInfer``, answered by the fake client."""
+
+    def __init__(self, fake: FakeTritonGrpc) -> None:
+        self.fake = fake
+
+    async def ModelInfer(
+        self, request: service_pb2.ModelInferRequest, timeout: float | None = None, **_: Any
+    ) -> service_pb2.ModelInferResponse:
+        try:
+            return self.fake.model_infer(request, timeout)
+        except InferenceServerException as exc:  # what the aio channel raises for a failed call
+            code = grpc.StatusCode[str(exc.status()).removeprefix("StatusCode.")]
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=exc.message()) from None
 
 
 def _zeros(config: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -179,6 +179,7 @@ def letterbox(
     size: int,
     pad_value: int = LETTERBOX_PAD,
     full_size: tuple[int, int] | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping aspect ratio to fit ``size`` x ``size`` and pad with grey, as YOLOv5 does.
 
@@ -186,7 +187,9 @@ def letterbox(
     is converted to RGB. Neither side shrinks below one pixel. The resize is OpenCV's bilinear
     (``INTER_LINEAR``), or area averaging (``INTER_AREA``) where it shrinks more than 2x.
     ``full_size``: the (width, height) of the image ``image`` was decoded at a reduced scale from
-    (:func:`load_scaled`); geometry and the returned box are in its pixels.
+    (:func:`load_scaled`); geometry and the returned box are in its pixels. ``out``: a ``size`` x
+    ``size`` x 3 uint8 array to draw the canvas into (a shared-memory region), returned; a new one
+    when None.
     """
     array: np.ndarray = np.asarray(image, dtype=np.uint8)
     width, height = full_size or (array.shape[1], array.shape[0])
@@ -199,7 +202,14 @@ def letterbox(
         array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     dw, dh = (size - new_w) / 2, (size - new_h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
-    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    if out is None:
+        canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    else:
+        canvas = out
+        canvas[:top] = pad_value  # only the borders: the image covers the rest
+        canvas[top + new_h :] = pad_value
+        canvas[top : top + new_h, :left] = pad_value
+        canvas[top : top + new_h, left + new_w :] = pad_value
     # A grey image (2-D) is broadcast into the three channels.
     canvas[top : top + new_h, left : left + new_w] = array[..., None] if array.ndim == 2 else array
     return canvas, Letterbox(gain=gain, pad_x=left, pad_y=top, width=width, height=height)
@@ -212,13 +222,14 @@ def detect_input(
     size: int,
     pad_value: int = LETTERBOX_PAD,
     reduced_decode: bool = True,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
-    it 2x or more and ``reduced_decode``) and letterbox to ``size``. The served path and every
-    reference use this."""
+    it 2x or more and ``reduced_decode``) and letterbox to ``size`` (into ``out`` when given, see
+    :func:`letterbox`). The served path and every reference use this."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
     image, full = load_scaled(data, max_pixels, max_aspect_ratio, scale)
-    return letterbox(image, size, pad_value, full)
+    return letterbox(image, size, pad_value, full, out)
 
 
 def resize_center_crop(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import numpy as np
@@ -14,10 +13,11 @@ from gateway.model_io import ModelIO, resolve
 from gateway.processing.detection import Detections, postprocess_detections
 from gateway.processing.images import Letterbox, detect_input
 from gateway.settings import Settings
-from gateway.shared_memory import OutputRegions
+from gateway.shared_memory import Region
 from gateway.tasks.base import ImageTask
 from gateway.triton import TritonClient
 
+INPUT = "images"  # [B, size, size, 3] uint8, letterboxed
 OUTPUT = "detections"  # cx, cy, w, h, score, class_id; the best 3000 per image, best first (72 kB)
 
 
@@ -51,9 +51,27 @@ class DetectResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Placed(DetectQuery):
+    """A query whose letterboxed input is drawn straight into a borrowed shared-memory region.
+
+    Args:
+        region: the region (held by :meth:`DetectTask.__call__` until the inference is answered).
+    """
+
+    region: Region | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DetectFeatures:
+    """Args:
+    tensor: the model input [1, size, size, 3] uint8 (a view of ``region`` when there is one).
+    letterbox: the letterbox geometry.
+    region: the shared-memory region that holds ``tensor``; None: it travels over gRPC.
+    """
+
     tensor: np.ndarray
     letterbox: Letterbox
+    region: Region | None = None
 
 
 class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
@@ -68,10 +86,6 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
         budget: ImageBudget | None = None,
     ) -> None:
         super().__init__(model, client, metrics, settings, budget)
-        # The task is the one owner of its shared-memory pool; the lock makes concurrent first
-        # requests share one pool instead of each creating (and one leaking) its own.
-        self._regions: OutputRegions | None = None
-        self._regions_lock = asyncio.Lock()
         self.nanodet = is_nanodet(model)
         self.img_size = 0  # from the model's configuration: bind()
 
@@ -83,32 +97,35 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             size if self.nanodet else resolve("detect_img_size", self.settings.detect_img_size, size, io.name)
         )
 
+    async def __call__(self, request: DetectQuery) -> DetectResult:
+        """With shared memory on, the letterbox is drawn into a region borrowed from the Triton
+        client's pool, held until the answer is in (a cancelled request waits for its preprocessing
+        thread first: :func:`~gateway.tasks.base.in_thread`); all busy: the input goes over gRPC."""
+        region = await self.client.region(f"{self.model.name}/{INPUT}", 3 * self.img_size**2)
+        if region is None:
+            return await super().__call__(request)
+        try:
+            return await super().__call__(_Placed(request.image, request.conf_threshold, request.iou_threshold, region))
+        finally:
+            self.client.release(region)
+
     def preprocess(self, request: DetectQuery) -> DetectFeatures:
         s = self.settings
+        region = request.region if isinstance(request, _Placed) else None
+        out = None if region is None else region.array(np.uint8, (self.img_size, self.img_size, 3))
         canvas, box = detect_input(
-            request.image, s.max_image_pixels, s.max_image_aspect_ratio, self.img_size, reduced_decode=s.reduced_decode
+            request.image,
+            s.max_image_pixels,
+            s.max_image_aspect_ratio,
+            self.img_size,
+            reduced_decode=s.reduced_decode,
+            out=out,
         )
-        return DetectFeatures(canvas[None], box)
+        return DetectFeatures(canvas[None], box, region)
 
     async def infer(self, features: DetectFeatures) -> dict[str, np.ndarray]:
-        return await self._infer_rows({"images": features.tensor}, [OUTPUT], await self._output_regions())
-
-    async def _output_regions(self) -> OutputRegions | None:
-        """The shared-memory pool for the output, when enabled (created on first use)."""
-        if not self.settings.triton_shared_memory:
-            return None
-        if self._regions is None:
-            async with self._regions_lock:
-                if self._regions is None:  # another request may have created it while we waited
-                    nbytes = await self.client.output_nbytes(self.model.name, OUTPUT)
-                    self._regions = OutputRegions(OUTPUT, nbytes, self.settings.triton_shared_memory_regions)
-        return self._regions
-
-    async def close(self) -> None:
-        async with self._regions_lock:
-            regions, self._regions = self._regions, None
-            if regions is not None:
-                await self.client.close_regions(regions)
+        placed = None if features.region is None else {INPUT: features.region}
+        return await self._infer_rows({INPUT: features.tensor}, [OUTPUT], placed)
 
     def postprocess(
         self, request: DetectQuery, features: DetectFeatures, outputs: dict[str, np.ndarray]

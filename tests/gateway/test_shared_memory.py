@@ -1,4 +1,4 @@
-"""A detector's output through system shared memory: the same answers as over gRPC, and robust to
+"""A detector's input through system shared memory: the same answers as over gRPC, and robust to
 a busy pool and to Triton forgetting the regions."""
 
 from __future__ import annotations
@@ -92,36 +92,53 @@ def test_shared_memory_with_triton_down_is_503(model_repo, astronaut_png: bytes)
     assert response.json()["error"]["code"] == "triton_unavailable"
 
 
-def test_concurrent_first_requests_share_one_pool_and_leak_nothing(settings: Settings, triton: TritonServer) -> None:
-    """Two first /detect inferences racing: one pool (one region-name prefix), and after shutdown
-    nothing of it is left registered in Triton or in /dev/shm."""
+def test_concurrent_first_requests_share_one_pool_and_leak_nothing(
+    settings: Settings, triton: TritonServer, astronaut_png: bytes, engines: dict
+) -> None:
+    """Two first /detect requests racing (and a third whose image is refused after it borrowed a
+    region): one pool (one region-name prefix, the Triton client's), and after shutdown nothing of it
+    is left registered in Triton or in /dev/shm."""
     import asyncio
     import os
     import pathlib
 
     import numpy as np
 
+    from gateway.errors import GatewayError
     from gateway.metrics import Metrics
-    from gateway.model_io import read_model_io
-    from gateway.processing.images import letterbox
     from gateway.services import Services
-    from gateway.tasks.detect import DetectFeatures
+    from gateway.tasks.detect import DetectQuery, DetectResult
 
     before = set(_regions(triton))
     enabled = settings.model_copy(update={"triton_shared_memory": True, "triton_shared_memory_regions": 4})
-    size = read_model_io(enabled.model_repository, "yolov5n").image_size()  # type: ignore[union-attr]
-    canvas, box = letterbox(np.zeros((64, 64, 3), np.uint8), size)
-    features = DetectFeatures(canvas[None], box)
     ours = f"gw-{os.getpid()}-"
+    prediction, _ = direct_run(settings, engines["yolov5n"], astronaut_png)
+    query = DetectQuery(astronaut_png, conf_threshold=threshold_for(prediction, 100))
+
+    def same(a: DetectResult, b: DetectResult) -> bool:
+        return bool(len(a.detections.scores)) and all(
+            np.array_equal(getattr(a.detections, f), getattr(b.detections, f)) for f in ("boxes", "scores", "classes")
+        )
 
     async def run() -> set[str]:
         services = Services.create(enabled, Metrics())
         await services.bind(enabled)
         yolo = services.detectors["yolov5n"]
         try:
-            # Both coroutines reach the pool before either has it: the race of two first requests.
-            first, second = await asyncio.gather(yolo.infer(features), yolo.infer(features))
-            assert first["detections"].shape == second["detections"].shape
+            # Both coroutines reach the pool before either has a region: the race of two first requests.
+            first, second = await asyncio.gather(yolo(query), yolo(query))
+            assert same(first, second)
+            try:
+                await yolo(DetectQuery(astronaut_png[:200]))  # truncated: refused while holding a region
+            except GatewayError:
+                pass
+            else:
+                raise AssertionError("a truncated image was answered")
+            pool = services.client.pool
+            assert pool is not None and len(pool.regions) == 2
+            assert sorted(r.name for r in pool.regions) == sorted(set(_regions(triton)) - before)
+            again = await yolo(query)  # a region given back by the failure is reused
+            assert same(again, first) and len(pool.regions) == 2
             return set(_regions(triton)) - before
         finally:
             await services.close()

@@ -135,3 +135,24 @@ def test_model_io_and_probe_read_the_served_config() -> None:
         "attention_mask": (1, 128),
         "token_type_ids": (1, 128),
     }
+
+
+def test_an_input_in_shared_memory_is_sent_by_reference() -> None:
+    fake = FakeTritonGrpc()
+    client = TritonClient("triton.internal:8001", 5.0, 0, 0.001, grpc_client=fake, shared_memory_regions=1)
+    image = np.random.default_rng(0).integers(0, 255, (1, 640, 640, 3), np.uint8)
+
+    async def scenario() -> None:
+        region = await client.region("yolov5n/images", image.nbytes)
+        assert region is not None
+        view = region.array(np.uint8, image.shape)
+        view[:] = image
+        await client.infer("yolov5n", {"images": view}, ["detections"], placed={"images": region})
+        client.release(region)
+        await client.close()
+
+    run(scenario())
+    (call,) = fake.calls
+    assert call.shared == ["images"]
+    np.testing.assert_array_equal(call.inputs["images"], image)  # the fake read it from the region
+    assert fake.registered == {}

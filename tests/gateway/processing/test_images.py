@@ -165,3 +165,15 @@ def test_a_large_shrink_averages_instead_of_skipping_pixels() -> None:
     assert box.gain == 0.125
     image = canvas[box.pad_y : box.pad_y + 80]
     assert image.shape == (80, 640, 3) and np.abs(image.astype(int) - 127.5).max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(480, 640, 3), (640, 200, 3), (300, 300), (1, 2000, 3), (640, 640, 3)])
+def test_letterbox_into_a_given_array_equals_a_new_canvas(shape: tuple[int, ...]) -> None:
+    """The served /detect draws into a reused shared-memory region: every pixel is written, whatever
+    the region held before."""
+    image = np.random.default_rng(1).integers(0, 255, shape, np.uint8)
+    expected, box = letterbox(image, 320)
+    out = np.full((320, 320, 3), 3, np.uint8)  # what an earlier request left
+    got, got_box = letterbox(image, 320, out=out)
+    assert got is out and got_box == box
+    np.testing.assert_array_equal(got, expected)
