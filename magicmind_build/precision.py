@@ -327,12 +327,18 @@ def quantize_int8(
 
 
 def write_variant_dir(repo: pathlib.Path, base: str, variant: str) -> pathlib.Path:
-    """``<repo>/<variant>/``: the base's ``config.pbtxt`` renamed, and its ``1/model.py``."""
+    """``<repo>/<variant>/``: the base's ``config.pbtxt`` renamed (its TensorRT cache path too), its ``1/model.py``."""
     base_dir, out = repo / base, repo / variant
     config = (base_dir / "config.pbtxt").read_text()
     config, n = re.subn(r'^name:\s*"[^"]*"', f'name: "{variant}"', config, count=1, flags=re.M)
     if n != 1:
         raise ValueError(f"{base_dir / 'config.pbtxt'} has no top-level name")
+    # Its own TensorRT engine cache (GPU profile): <mount>/<base> -> <mount>/<variant>, never the base's.
+    config = re.sub(
+        r'(key: "trt_engine_cache_path" value \{ string_value: "[^"]*/)' + re.escape(base) + r'(")',
+        lambda m: m.group(1) + variant + m.group(2),
+        config,
+    )
     (out / "1").mkdir(parents=True, exist_ok=True)
     (out / "config.pbtxt").write_text(GENERATED_MARK.format(base=base) + config)
     shutil.copy(base_dir / "1" / "model.py", out / "1" / "model.py")
