@@ -12,6 +12,11 @@ MagicMind's precision modes map onto ONNX Runtime as follows:
   letterbox, QA tokenisation and windowing). ``quantization="dynamic"`` (meant for BERT) uses
   ``quantize_dynamic`` instead: INT8 weights, activations quantized at run time, no calibration set.
 
+With ``--backend magicmind`` (``PrecisionOptions.backend``) no ONNX Runtime conversion happens: the MagicMind
+SDK builds each variant's ``model.mm`` from the base's FP32 graph at its precision mode, INT8 calibrated by
+MagicMind's ``Calibrator`` on the same preprocessed calibration batches (``minmax`` -> ``LINEAR_ALGORITHM``,
+``eqnm`` -> ``EQNM_ALGORITHM``).
+
 A variant ``<model>_<precision>`` gets its own model directory, generated from the base model's: its
 ``config.pbtxt`` is the base's with the name replaced, its ``1/model.py`` a copy of the base's, its
 engine and ``manifest.json`` (``precision``, ``calibration``, ``base_model``) written next to them.
