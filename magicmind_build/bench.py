@@ -166,7 +166,8 @@ def bench_served(url: str, task: str, model: str, concurrency: int, requests: in
                 nonlocal remaining, errors
                 while remaining > 0:
                     remaining -= 1
-                    errors += not await one()
+                    ok = await one()  # not `errors += not await one()`: that reads `errors` before the await
+                    errors += not ok  # and concurrent workers' failures overwrite each other
 
             for _ in range(min(concurrency, 2)):  # warm-up
                 await one()
@@ -190,12 +191,16 @@ def format_markdown(results: Sequence[BenchResult], served: dict[tuple[str, int]
             f"**{model}**",
             "",
             "| Precision | Device | Batch Size | Bare mean latency ms | Bare p95 ms | Bare items/s "
-            "| Served p95 ms | Served p99 ms | Served items/s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| Served p95 ms | Served p99 ms | Served items/s | Served failed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in (r for r in results if r.model == model):
             s = served.get((variant_key(r), r.batch))
-            cells = f"{s.p95_ms:.0f} | {s.p99_ms:.0f} | {s.items_per_s:.1f}" if s else "- | - | -"
+            # items/s counts answered requests only; failed ones (e.g. 503) are shown, never hidden in the rate
+            total = s.requests + s.errors if s else 0
+            cells = (
+                f"{s.p95_ms:.0f} | {s.p99_ms:.0f} | {s.items_per_s:.1f} | {s.errors}/{total}" if s else "- | - | - | -"
+            )
             out.append(
                 f"| {r.precision.upper()} | {device} | {r.batch} | {r.mean_ms:.1f} | {r.p95_ms:.1f} "
                 f"| {r.items_per_s:.1f} | {cells} |"

@@ -6,7 +6,10 @@ where the Triton model of the same name loads it from.
 ``--backend magicmind`` (on an MLU host with the Cambricon MagicMind SDK) then builds ``model.mm`` from
 ``model.onnx`` and the ``magicmind_build_config.json`` written next to it, and points the manifest at it.
 ``--precision fp16 int8`` also builds ``<model>_fp16`` / ``<model>_int8`` next to each FP32 model (see
-:mod:`magicmind_build.precision`; ``--calibration``, ``--calibration-method``, ``--quantization``).
+:mod:`magicmind_build.precision`; ``--calibration``, ``--calibration-method``, ``--quantization``); with
+``--backend magicmind`` each variant is a ``model.mm`` that MagicMind builds from the FP32 graph, INT8
+calibrated by its ``Calibrator`` on the same preprocessed calibration set (``minmax`` -> ``LINEAR_ALGORITHM``,
+``eqnm`` -> ``EQNM_ALGORITHM``).
 
 ``--null-engine`` (benchmarks only) writes manifests with ``engine_format: null`` instead: Triton,
 run with ``MM_ALLOW_NULL_ENGINE=1``, then answers zeros of the real shapes at no engine cost.
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         except EngineError as exc:
             raise SystemExit(f"--backend magicmind: {exc}") from None
     checkpoints = _checkpoints(args.checkpoint)
+    options = precision.options_from_args(args, args.models)  # refuses bad precision flags before any build
     for name in args.models:
         out_dir = args.repo / name / "1"
         if not args.force and _up_to_date(out_dir, args.size, checkpoints.get(name), args.backend):
@@ -108,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                 LOGGER.error("%s: %s", name, exc)
                 return 2
         LOGGER.info("%s: built (%s weights) %s", name, manifest.weights, json.dumps(manifest.outputs))
-    options = precision.options_from_args(args, args.models)
     for name in args.models:
         for wanted in options.precisions[1:]:
             try:
                 variant = precision.build_variant(SPECS[name], args.repo, args.size, wanted, options, args.force)
-            except precision.CalibrationError as exc:
+            except (precision.CalibrationError, MagicMindBuildError) as exc:
                 LOGGER.error("%s: %s", name, exc)
                 return 2
             LOGGER.info("%s: %s engine, calibration %s", variant.model, variant.precision, variant.calibration)

@@ -9,7 +9,12 @@ preprocessing, prints one table row per variant and writes the result into the v
   (shared classes of the two top-5 lists / 5), over the evaluation images;
 - QA: exact match of the best span (same character offsets as FP32), over the evaluation pairs;
 - detection: mAP@0.5 of the variant's detections against FP32's detections taken as ground truth, both at the
-  low threshold ``DETECT_PRED_CONF`` / ``DETECT_GT_CONF`` (0.001; at most 300 boxes an image after NMS).
+  low threshold ``DETECT_PRED_CONF`` / ``DETECT_GT_CONF`` (0.001; at most 300 boxes an image after NMS);
+  and ``map50_top{N}_vs_fp32`` (:func:`top_n_agreement`): the same class-aware mAP@0.5, with each image's
+  ground truth FP32's ``N`` (:data:`DETECT_TOP_N`, 100) best boxes after the same NMS and the predictions the
+  variant's ``N`` best, whatever their scores. Its threshold is relative to FP32's own score distribution
+  (the ``N``-th best score of each image), so it is measurable where no box clears an absolute threshold:
+  untrained YOLOv5 scores stay near 1e-5 (its initial objectness/class biases), below 0.001.
 
 This is agreement with FP32, not accuracy against labels (no labelled data set is reachable here); for a
 model with ``untrained`` weights it measures how faithfully the converted engine computes the same
@@ -40,6 +45,7 @@ BATCH = 8
 DETECT_GT_CONF = 0.001
 DETECT_PRED_CONF = 0.001
 DETECT_IOU = 0.45
+DETECT_TOP_N = 100  # boxes per image in the top-N agreement (FP32's N best are its ground truth)
 MATCH_IOU = 0.5
 
 
@@ -140,13 +146,44 @@ def map50(ground_truth: Sequence[Dets], predictions: Sequence[Dets]) -> float:
     return float(np.mean(aps))
 
 
-def _detections(arch: str, img_size: int, outputs: dict[str, np.ndarray], box: Any, conf: float) -> Dets:
-    """The gateway's post-processing of one image's engine outputs."""
+def _detections(outputs: dict[str, np.ndarray], box: Any, conf: float, max_det: int = 300) -> Dets:
+    """The gateway's post-processing of one image's engine outputs (``max_det`` best boxes after NMS)."""
     from gateway.processing.detection import postprocess_detections
 
     # Every detector's engine returns the compact rows (cx, cy, w, h, score, class id), best first.
-    d = postprocess_detections(outputs["detections"], box, conf, DETECT_IOU, 300)
+    d = postprocess_detections(outputs["detections"], box, conf, DETECT_IOU, max_det)
     return np.asarray(d.boxes), np.asarray(d.scores), np.asarray(d.classes)
+
+
+def top_n_agreement(
+    reference: Sequence[dict[str, np.ndarray]],
+    variant: Sequence[dict[str, np.ndarray]],
+    letterboxes: Sequence[Any],
+    n: int = DETECT_TOP_N,
+    class_aware: bool = True,
+) -> float:
+    """Class-aware mAP@0.5 of the variant's ``n`` best boxes per image against FP32's ``n`` best.
+
+    Both sides go through the gateway's post-processing (class-aware NMS at :data:`DETECT_IOU`) with no
+    absolute score threshold (any score above 0) and keep their ``n`` best boxes per image: FP32's are the
+    ground truth, so the threshold is the ``n``-th best FP32 score of each image. 1.0 when the variant ranks
+    and places the same boxes; it drops as boxes move (IoU < 0.5), change class or fall out of the top ``n``.
+    NaN when FP32 has no box at all.
+
+    Args:
+        reference: FP32 engine outputs, one ``{"detections": [K, 6]}`` per image.
+        variant: the variant's outputs for the same images.
+        letterboxes: each image's letterbox (to map boxes back to the image, as the gateway does).
+        n: boxes kept per image on both sides.
+        class_aware: False scores the same top-``n`` boxes (selected by class-aware NMS) with every class
+            read as one, which separates box placement from class flips.
+    """
+    truth = [_detections(o, b, 0.0, n) for o, b in zip(reference, letterboxes)]
+    predicted = [_detections(o, b, 0.0, n) for o, b in zip(variant, letterboxes)]
+    if not class_aware:  # the same boxes and ranking, every class read as one: box placement only
+        truth = [(b, s, np.zeros_like(c)) for b, s, c in truth]
+        predicted = [(b, s, np.zeros_like(c)) for b, s, c in predicted]
+    return map50(truth, predicted)
 
 
 def evaluate_model(
@@ -197,15 +234,19 @@ def evaluate_model(
             stacked = {p: np.stack([o["logits"] for o in outs]) for p, outs in outputs.items()}
             metrics = {p: classification_agreement(stacked["fp32"], stacked[p]) for p in variants}
         else:
-            size, arch = int(cfg.img_size), base_manifest.architecture
+            size = int(cfg.img_size)
             boxes = [detect_input(f.read_bytes(), 1 << 30, 0.0, size)[1] for f in files]
-            truth = [_detections(arch, size, o, b, DETECT_GT_CONF) for o, b in zip(outputs["fp32"], boxes)]
+            truth = [_detections(o, b, DETECT_GT_CONF) for o, b in zip(outputs["fp32"], boxes)]
             metrics = {}
             for p in variants:
-                predicted = [_detections(arch, size, o, b, DETECT_PRED_CONF) for o, b in zip(outputs[p], boxes)]
+                predicted = [_detections(o, b, DETECT_PRED_CONF) for o, b in zip(outputs[p], boxes)]
                 metrics[p] = {
                     "map50_vs_fp32": map50(truth, predicted),
                     "fp32_boxes_per_image": float(np.mean([len(t[0]) for t in truth])),
+                    f"map50_top{DETECT_TOP_N}_vs_fp32": top_n_agreement(outputs["fp32"], outputs[p], boxes),
+                    f"map50_top{DETECT_TOP_N}_class_agnostic_vs_fp32": top_n_agreement(
+                        outputs["fp32"], outputs[p], boxes, class_aware=False
+                    ),
                 }
     for p in variants:
         results.append(Evaluation(variant_name(name, p), p, base_manifest.weights, metrics[p], count, sha))

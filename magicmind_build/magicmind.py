@@ -52,6 +52,11 @@ DEFAULT_ARCHS: tuple[str, ...] = ("mtp_372",)
 # Our precision names -> MagicMind precision_config.precision_mode, as the reference maps them.
 PRECISION_MODES = {"fp32": "force_float32", "fp16": "force_float16", "int8": "qint8_mixed_float16"}
 QUANT_ALGORITHMS = {"linear": "LINEAR_ALGORITHM", "eqnm": "EQNM_ALGORITHM"}
+# ``--calibration-method`` -> the Calibrator's algorithm. MagicMind has two (the reference's ``linear`` and
+# ``eqnm``): ``minmax`` (ONNX Runtime's name for a linear range from the observed min/max) is ``linear``;
+# ``eqnm`` (equalised quantisation noise minimisation) has no ONNX Runtime counterpart; ONNX Runtime's
+# ``entropy`` and ``percentile`` have no MagicMind counterpart.
+CALIBRATION_METHODS = {"minmax": "linear", "eqnm": "eqnm"}
 
 
 class MagicMindBuildError(RuntimeError):
@@ -82,6 +87,20 @@ class CalibrationSettings:
             raise ValueError(f"weight_quant_granularity {self.weight_quant_granularity!r}: per_tensor or per_axis")
         if self.algorithm == "eqnm" and self.activation_quant_algo != "symmetric":
             raise ValueError("the eqnm algorithm applies to symmetric quantisation only")
+
+
+def calibration_settings(method: str) -> CalibrationSettings:
+    """The MagicMind calibration for ``--calibration-method`` ``method`` (``minmax`` or ``eqnm``).
+
+    Raises:
+        MagicMindBuildError: a method MagicMind has no algorithm for (``entropy``, ``percentile``).
+    """
+    if method not in CALIBRATION_METHODS:
+        raise MagicMindBuildError(
+            f"calibration method {method!r} has no MagicMind counterpart: MagicMind calibrates with "
+            f"{', '.join(f'{k} ({QUANT_ALGORITHMS[v]})' for k, v in CALIBRATION_METHODS.items())}"
+        )
+    return CalibrationSettings(algorithm=CALIBRATION_METHODS[method])
 
 
 def _spec_inputs(spec: ModelSpec, size: str) -> dict[str, dict[str, Any]]:

@@ -38,7 +38,8 @@ Rules it enforces (each one the reference or the samples follow; the real SDK fa
    batch size within the model's ``dim_range``; the queue's device active. It appends the outputs.
 9. An output read (``asnumpy``) before ``Queue.sync()`` raises: results exist only after the sync.
 
-Every call is appended to ``CALLS`` as ``(name, detail...)`` so tests can check the protocol.
+Every call is appended to ``CALLS`` as ``(name, detail...)`` so tests can check the protocol;
+``CALIBRATION_SAMPLES[input index]`` keeps a copy of every sample a ``Calibrator.calibrate`` read.
 ``FAIL`` names calls to fail on purpose (``"enqueue"``, ``"sync"``, ``"build_model"``).
 """
 
@@ -59,6 +60,7 @@ import pytest
 FAKE_FORMAT = "FAKE MagicMind model (tests/engine_runtime/fake_magicmind.py): not a real .mm"
 DEVICE_COUNT = 1
 CALLS: list[tuple[Any, ...]] = []
+CALIBRATION_SAMPLES: dict[int, list[np.ndarray]] = {}
 FAIL: set[str] = set()
 _current = threading.local()
 
@@ -87,6 +89,7 @@ def reset() -> None:
     """Forget calls, failures and the current device; one device."""
     global DEVICE_COUNT
     CALLS.clear()
+    CALIBRATION_SAMPLES.clear()
     FAIL.clear()
     DEVICE_COUNT = 1
     _current.device = None
@@ -274,6 +277,7 @@ class Calibrator:
                 if sample.dtype.name != spec["dtype"] or not _within(sample.shape, ranges.get(str(index))):
                     return _error(f"input {index}: sample {sample.shape} {sample.dtype} does not fit {spec}")
                 samples += 1
+                CALIBRATION_SAMPLES.setdefault(index, []).append(sample.copy())
             if status.code is not Code.OUT_OF_RANGE or samples == 0:
                 return _error(f"input {index}: {samples} samples, ended with {status}")
             CALLS.append(("Calibrator.samples", index, samples))

@@ -46,3 +46,39 @@ def test_bench_tables_per_precision_with_served_throughput(  # type: ignore[no-u
     assert [(r[0].strip(), r[2].strip()) for r in rows] == [("FP32", "1"), ("FP32", "2")]  # int8 not built there
     for row in rows:
         assert float(row[5]) > 0 and float(row[8]) > 0  # bare and served items/s
+
+
+def test_served_counts_every_failed_request() -> None:
+    """Concurrent clients' failures are all counted (a lost update across ``await`` once hid most 503s,
+    and fast 503s then inflated the served items/s)."""
+    import http.server
+    import threading
+
+    from magicmind_build.bench import BenchResult, ServedResult, bench_served, format_markdown
+
+    answered = 0
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            nonlocal answered
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answered += 1
+            status = 200 if answered <= 2 else 503  # the two warm-up requests succeed, every timed one fails
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = bench_served(f"http://127.0.0.1:{server.server_address[1]}", "classify", "m", 4, 12)
+    finally:
+        server.shutdown()
+    assert (result.requests, result.errors, result.items_per_s) == (0, 12, 0.0)
+    row = BenchResult(model="m", batch=4, p50_ms=1.0, p95_ms=1.0, items_per_s=1.0, precision="fp32", mean_ms=1.0)
+    table = format_markdown([row], {("m", 4): ServedResult(3, 1, 2.0, 5.0, 6.0)}, "cpu")
+    assert table.splitlines()[-1].endswith("| 5 | 6 | 2.0 | 1/4 |")

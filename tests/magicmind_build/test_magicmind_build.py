@@ -17,6 +17,8 @@ import pytest
 
 from engine_runtime.engine import EngineError, load_magicmind
 from engine_runtime.manifest import Manifest
+from magicmind_build import datasets
+from magicmind_build.build import sha256_file
 from magicmind_build.cli import main
 from magicmind_build.magicmind import (
     CONFIG_FILE,
@@ -27,6 +29,7 @@ from magicmind_build.magicmind import (
     builder_config,
     onnx_input_names,
 )
+from magicmind_build.precision import calibration_batches, preprocess_image
 from magicmind_build.specs import SPECS
 from tests.engine_runtime import fake_magicmind
 from tests.helpers import ROOT
@@ -224,3 +227,127 @@ def test_cli_backend_magicmind_without_the_sdk(tmp_path: pathlib.Path, monkeypat
     with pytest.raises(SystemExit, match=r"--backend magicmind: the MagicMind SDK .* is not importable"):
         main(["--repo", str(tmp_path / "repo"), "--models", "resnet50_vd", "--size", "tiny", "--backend", "magicmind"])
     assert not (tmp_path / "repo").exists()  # refused before building anything
+
+
+# --- precision variants built by MagicMind (--backend magicmind --precision ...) --------------------------
+
+
+def _variant_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path, name: str) -> pathlib.Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return repo
+
+
+def test_cli_magicmind_int8_calibrates_on_the_serving_preprocessing(
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+) -> None:
+    spec = SPECS["resnet50_vd"]
+    repo = _variant_repo(model_repo, tmp_path, "resnet50_vd")
+    images = datasets.write_images(tmp_path / "images", ("skimage:chelsea",), 10, seed=1)
+    argv = ["--repo", str(repo), "--models", "resnet50_vd", "--size", "tiny", "--backend", "magicmind"]
+    argv += ["--precision", "fp16,int8", "--calibration", str(images), "--calibration-count", "9"]
+    assert main(argv) == 0
+
+    # The Calibrator read exactly the samples the ONNX Runtime path calibrates on: the gateway's
+    # preprocessing of the first 9 images, uint8 NHWC, in batches of at most 8 rows.
+    expected = calibration_batches(spec, "tiny", images, 9)
+    samples = fake_magicmind.CALIBRATION_SAMPLES[0]
+    assert [s.shape for s in samples] == [b["images"].shape for b in expected] == [(8, 224, 224, 3), (1, 224, 224, 3)]
+    assert all(s.dtype == np.uint8 and np.array_equal(s, b["images"]) for s, b in zip(samples, expected))
+    first = preprocess_image(spec, spec.configs["tiny"], datasets.image_files(images)[0].read_bytes())
+    assert np.array_equal(samples[0][0], first)
+    assert set(fake_magicmind.CALIBRATION_SAMPLES) == {0}  # one network input
+    calls = fake_magicmind.CALLS
+    assert [c for c in calls if c[0] == "Calibrator.__init__"] == [("Calibrator.__init__", 1)]  # int8 only
+    assert ("Calibrator.set_quantization_algorithm", fake.QuantizationAlgorithm.LINEAR_ALGORITHM) in calls
+    assert ("Builder.build_model", "resnet50_vd_int8") in calls and ("Builder.build_model", "resnet50_vd_fp16") in calls
+
+    base_onnx = repo / "resnet50_vd" / "1" / "model.onnx"
+    int8 = Manifest.read(repo / "resnet50_vd_int8" / "1")
+    assert (int8.engine_format, int8.engine_file, int8.precision, int8.base_model) == (
+        "magicmind",
+        "model.mm",
+        "int8",
+        "resnet50_vd",
+    )
+    assert int8.calibration == {
+        "method": "minmax",
+        "sha256": datasets.set_sha256(images, 9),
+        "count": 9,
+        "source": str(images),
+        "algorithm": "LINEAR_ALGORITHM",
+    }
+    assert int8.builder["base_engine_sha256"] == sha256_file(base_onnx)
+    assert int8.builder["from_onnx"] == "../../resnet50_vd/1/model.onnx"
+    assert json.loads((repo / "resnet50_vd_int8" / "1" / CONFIG_FILE).read_text()) == builder_config(
+        spec, "int8", CalibrationSettings(), inputs=int8.inputs
+    )
+    fp16 = Manifest.read(repo / "resnet50_vd_fp16" / "1")
+    assert (fp16.engine_format, fp16.precision, fp16.calibration) == ("magicmind", "fp16", None)
+    fp16_config = json.loads((repo / "resnet50_vd_fp16" / "1" / CONFIG_FILE).read_text())
+    assert fp16_config["precision_config"] == {"precision_mode": "force_float16"}
+    assert (repo / "resnet50_vd_fp16" / "1" / "model.mm").is_file()
+
+    # Up to date: nothing rebuilt. Another method (eqnm) rebuilds int8 only, with EQNM_ALGORITHM.
+    fake_magicmind.reset()
+    assert main(argv) == 0
+    assert Manifest.read(repo / "resnet50_vd_int8" / "1").built_at == int8.built_at
+    assert not [c for c in fake_magicmind.CALLS if c[0] == "Builder.build_model"]
+    assert main([*argv, "--calibration-method", "eqnm"]) == 0
+    assert ("Calibrator.set_quantization_algorithm", fake.QuantizationAlgorithm.EQNM_ALGORITHM) in fake_magicmind.CALLS
+    rebuilt = Manifest.read(repo / "resnet50_vd_int8" / "1")
+    assert rebuilt.calibration is not None and rebuilt.calibration["algorithm"] == "EQNM_ALGORITHM"
+    assert [c for c in fake_magicmind.CALLS if c[0] == "Builder.build_model"] == [
+        ("Builder.build_model", "resnet50_vd_int8")
+    ]
+
+
+def test_cli_magicmind_int8_calibrates_every_qa_input(
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+) -> None:
+    repo = _variant_repo(model_repo, tmp_path, "bert_qa")
+    pairs = tmp_path / "qa.jsonl"
+    pairs.write_text(
+        "\n".join(json.dumps(p) for p in datasets.qa_pairs(3, 1, datasets._CAL_FIRST, datasets._CAL_LAST)) + "\n"
+    )
+    argv = ["--repo", str(repo), "--models", "bert_qa", "--size", "tiny", "--backend", "magicmind"]
+    assert main([*argv, "--precision", "int8", "--calibration", f"bert_qa={pairs}"]) == 0
+    expected = calibration_batches(SPECS["bert_qa"], "tiny", pairs, 64)
+    samples = fake_magicmind.CALIBRATION_SAMPLES
+    assert sorted(samples) == [0, 1, 2]  # input_ids, attention_mask, token_type_ids: one CalibData each
+    for index, name in enumerate(SPECS["bert_qa"].input_names):
+        assert len(samples[index]) == len(expected)
+        assert all(s.dtype == np.int64 and np.array_equal(s, b[name]) for s, b in zip(samples[index], expected))
+    calibration = Manifest.read(repo / "bert_qa_int8" / "1").calibration
+    assert calibration is not None and calibration["count"] == 3 and calibration["method"] == "minmax"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--backend", "magicmind", "--calibration-method", "entropy"], "entropy has no MagicMind counterpart"),
+        (["--backend", "magicmind", "--calibration-method", "percentile"], "percentile has no MagicMind counterpart"),
+        (["--backend", "magicmind", "--quantization", "dynamic"], "--quantization dynamic is ONNX Runtime only"),
+        (["--calibration-method", "eqnm"], "eqnm is MagicMind's"),
+    ],
+)
+def test_cli_refuses_a_calibration_the_backend_cannot_do(
+    tmp_path: pathlib.Path, fake: types.ModuleType, extra: list[str], message: str
+) -> None:
+    argv = ["--repo", str(tmp_path / "repo"), "--models", "resnet50_vd", "--size", "tiny", "--precision", "int8"]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main([*argv, *extra])
+    assert not (tmp_path / "repo").exists()  # refused before building anything
+
+
+def test_magicmind_variant_build_failure_is_reported(
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = _variant_repo(model_repo, tmp_path, "resnet50_vd")
+    images = datasets.write_images(tmp_path / "images", ("skimage:chelsea",), 2, seed=1)
+    argv = ["--repo", str(repo), "--models", "resnet50_vd", "--size", "tiny", "--backend", "magicmind"]
+    assert main(argv) == 0
+    fake_magicmind.FAIL.add("build_model")
+    assert main([*argv, "--precision", "int8", "--calibration", str(images)]) == 2
+    assert "resnet50_vd: MagicMind build_model failed" in caplog.text
+    assert not (repo / "resnet50_vd_int8" / "1" / "manifest.json").exists()  # nothing half-built is served

@@ -38,7 +38,10 @@ def test_variant_dirs_are_generated_from_the_base(repo: pathlib.Path) -> None:
         config = (repo / variant / "config.pbtxt").read_text()
         assert is_variant_dir(repo / variant)
         assert f'name: "{variant}"' in config
-        assert config.split("\n", 1)[1] == base.replace('name: "resnet50_vd"', f'name: "{variant}"')
+        expected = base.replace('name: "resnet50_vd"', f'name: "{variant}"')
+        expected = expected.replace('"/trt-cache/resnet50_vd"', f'"/trt-cache/{variant}"')  # its own TensorRT cache
+        assert config.split("\n", 1)[1] == expected
+        assert f'string_value: "/trt-cache/{variant}"' in config
         assert (repo / variant / "1" / "model.py").read_bytes() == (
             repo / "resnet50_vd" / "1" / "model.py"
         ).read_bytes()
