@@ -382,6 +382,13 @@ class Settings(BaseSettings):
             "not served is 404 ``unknown_model``. Empty: none."
         ),
     )
+    max_form_parts: int = Field(
+        default=16,
+        description=(
+            "Most parts in a ``multipart/form-data`` upload to ``/detect`` or ``/classify`` (one is the "
+            "``file``; others are ignored); more: 413 ``payload_too_large``."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:
