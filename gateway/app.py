@@ -96,8 +96,9 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         if services.prober is not None:
             services.prober.start()
         # What start-up built (modules, routes, schemas, tokenizer, clients) lives as long as the
-        # process: move it out of the collector's generations, so that the collections requests
-        # trigger scan only what requests allocate (a full collection walked all of it).
+        # app: move it out of the collector's generations, so that the collections requests trigger
+        # scan only what requests allocate (a full collection walked all of it). Given back to the
+        # collector at shut-down (an app torn down in a process that goes on, e.g. tests).
         gc.collect()
         gc.freeze()
         LOGGER.info(
@@ -108,6 +109,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         try:
             yield
         finally:
+            gc.unfreeze()
             await services.close()
 
     docs = settings.docs_enabled

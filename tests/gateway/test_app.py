@@ -159,3 +159,4 @@ def test_start_up_freezes_what_it_built_out_of_the_collector(fake: FakeTritonGrp
     assert gc.get_freeze_count() == 0
     with TestClient(app):
         assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # shut down: collectable again
