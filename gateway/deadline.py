@@ -15,7 +15,6 @@ client gets nothing. Both are counted in ``gateway_cancelled_requests_total``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import math
 import time
@@ -90,62 +89,79 @@ class RequestDeadline:
         self.metrics.cancelled.labels(route, reason).inc()
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, timeout_s: float) -> None:
+        """Run the app in this task under ``asyncio.timeout``; one watcher task cancels it on disconnect.
+
+        (Three tasks per request before: the app, the watcher and a waiter on the disconnect.)
+        """
+        task = asyncio.current_task()
+        assert task is not None
         started = False
         status = 0
-        body_done = asyncio.Event()
-        disconnected = asyncio.Event()
+        gone = False  # the client disconnected
+        cancelled_on_disconnect = False
+        disconnected: asyncio.Event | None = None  # made only if the app waits for the disconnect
+        watcher: asyncio.Task[None] | None = None
+
+        def client_left() -> None:
+            nonlocal gone, cancelled_on_disconnect
+            gone = True
+            if disconnected is not None:
+                disconnected.set()
+            if not started and not cancelled_on_disconnect:  # else the answer is on its way: let it finish
+                cancelled_on_disconnect = True
+                task.cancel()
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            client_left()
 
         async def app_receive() -> Message:
-            if body_done.is_set():
+            nonlocal watcher, disconnected
+            if watcher is not None:
                 # The body has been read: the next message can only be the disconnect, which
-                # the watcher below takes; hand the app the same answer when it comes.
-                await disconnected.wait()
+                # the watcher takes; hand the app the same answer when it comes.
+                if not gone:
+                    disconnected = disconnected or asyncio.Event()
+                    await disconnected.wait()
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.disconnect":
-                disconnected.set()
+                client_left()
             elif message["type"] == "http.request" and not message.get("more_body", False):
-                body_done.set()
+                watcher = asyncio.ensure_future(watch_disconnect())
             return message
 
         async def app_send(message: Message) -> None:
             nonlocal started, status
             if message["type"] == "http.response.start":
                 started, status = True, message["status"]
+                deadline.reschedule(None)  # a started answer is not cut (a streamed body neither)
             await send(message)
 
-        async def watch_disconnect() -> None:
-            await body_done.wait()
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            disconnected.set()
-
-        work = asyncio.ensure_future(self.app(scope, app_receive, app_send))
-        watcher = asyncio.ensure_future(watch_disconnect())
-        gone = asyncio.ensure_future(disconnected.wait())
+        outcome: str | None = None  # why the work ended early, if it did
         try:
-            done, _ = await asyncio.wait({work, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                work.result()
-                if status == UpstreamTimeout.status_code:
-                    # A Triton call hit the deadline first: gRPC cancelled it, and the route gave up.
-                    self._count(scope, "deadline")
-                return
-            reason = "client_disconnect" if gone in done else "deadline"
-            if started:
-                # The answer is already on its way: let it finish (a streamed body is not cut).
-                await work
-                return
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            self._count(scope, reason)
-            if reason == "deadline":
-                message = f"the request's {timeout_s:g}s deadline passed"
-                await send_json_error(send, UpstreamTimeout.status_code, UpstreamTimeout.code, message)
+            async with asyncio.timeout(timeout_s) as deadline:
+                await self.app(scope, app_receive, app_send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not our deadline's
+            outcome = "deadline"  # it passed before the answer started: the app was cancelled where it waited
+        except asyncio.CancelledError:
+            if not cancelled_on_disconnect:
+                raise  # cancelled from outside (server shutdown): not ours to swallow
+            task.uncancel()
+            outcome = "client_disconnect"  # nobody to answer
+        else:
+            if status == UpstreamTimeout.status_code:
+                # A Triton call hit the deadline first: gRPC cancelled it, and the route gave up.
+                outcome = "deadline"
         finally:
-            for task in (work, watcher, gone):
-                task.cancel()
-            for task in (work, watcher, gone):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if watcher is not None:
+                watcher.cancel()
+        if outcome is None:
+            return
+        self._count(scope, outcome)
+        if outcome == "deadline" and not started:
+            message = f"the request's {timeout_s:g}s deadline passed"
+            await send_json_error(send, UpstreamTimeout.status_code, UpstreamTimeout.code, message)

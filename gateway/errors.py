@@ -5,6 +5,8 @@ Exception tree::
     GatewayError
     ├── RequestError                 4xx: the client's request is at fault
     │   ├── InvalidImage             400 invalid_image: not decodable as an image
+    │   ├── InvalidMultipart         400 invalid_multipart: a multipart/form-data body that cannot be
+    │   │                            parsed (gateway.multipart)
     │   ├── UnsupportedMediaType     415 unsupported_media_type: an image format we do not take
     │   ├── PayloadTooLarge          413 payload_too_large: upload or decoded image over the limit
     │   │   └── TooManyWindows       413 too_many_windows: a /qa context needing more windows than allowed
@@ -56,6 +58,11 @@ class RequestError(GatewayError):
 class InvalidImage(RequestError):
     status_code = 400
     code = "invalid_image"
+
+
+class InvalidMultipart(RequestError):
+    status_code = 400
+    code = "invalid_multipart"
 
 
 class UnsupportedMediaType(RequestError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -125,6 +126,11 @@ class RequestMetrics:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        # The labelled children, resolved once per label set: ``labels()`` validates and locks on every call.
+        # Bounded: routes are the app's own paths or ``unmatched``, statuses and error codes few.
+        self._counts: dict[tuple[str, int], Any] = {}
+        self._errors: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,11 +159,18 @@ class RequestMetrics:
             route = getattr(scope.get("route"), "path", None)
             if route is None:
                 route = scope["path"] if scope["path"] in self.known_paths() else "unmatched"
-            self.metrics.requests.labels(route, str(status)).inc()
+            m = self.metrics
+            if (count := self._counts.get((route, status))) is None:
+                count = self._counts[route, status] = m.requests.labels(route, str(status))
+            count.inc()
             if status >= 400:
                 code = error_code(bytes(body)) if len(body) <= _ERROR_BODY_LIMIT else "unknown"
-                self.metrics.errors.labels(route, code).inc()
-            self.metrics.request_latency.labels(route).observe(time.perf_counter() - start)
+                if (errors := self._errors.get((route, code))) is None:
+                    errors = self._errors[route, code] = m.errors.labels(route, code)
+                errors.inc()
+            if (latency := self._latency.get(route)) is None:
+                latency = self._latency[route] = m.request_latency.labels(route)
+            latency.observe(time.perf_counter() - start)
 
 
 def metrics_app(metrics: Metrics) -> Starlette:

@@ -391,6 +391,14 @@ class Settings(BaseSettings):
             "bounds the memory)."
         ),
     )
+    max_form_parts: int = Field(
+        default=16,
+        ge=1,
+        description=(
+            "Most parts in a ``multipart/form-data`` upload to ``/detect`` or ``/classify`` (one is the "
+            "``file``; others are ignored); more: 413 ``payload_too_large``."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:

@@ -2,22 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 
-from gateway.deps import ServicesDep, SettingsDep
+from gateway.deps import services_of, settings_of
 from gateway.labels import coco
-from gateway.routes._http import error_responses, read_upload, set_model_headers
+from gateway.routes._http import IMAGE_BODY, error_responses, image_upload, read_upload, set_model_headers
 from gateway.schemas import Detection, DetectResponse, ImageSize
 from gateway.tasks.detect import DetectQuery
 
 router = APIRouter(tags=["detect"])
 
 
-@router.post("/detect", response_model=DetectResponse, responses=error_responses(404, 415))
+@router.post("/detect", response_model=DetectResponse, responses=error_responses(404, 415), openapi_extra=IMAGE_BODY)
 async def detect_objects(
-    file: Annotated[UploadFile, File(description="JPEG, PNG or WebP image")],
-    services: ServicesDep,
-    settings: SettingsDep,
+    request: Request,
     response: Response,
     conf_threshold: Annotated[float | None, Query(gt=0.0, lt=1.0)] = None,
     iou_threshold: Annotated[float | None, Query(gt=0.0, le=1.0)] = None,
@@ -26,8 +24,10 @@ async def detect_objects(
     ] = None,
 ) -> DetectResponse:
     """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
+    services, settings = services_of(request), settings_of(request)
+    upload = await image_upload(request, settings.max_form_parts)  # the body is documented by IMAGE_BODY
     task = services.detector(model)
-    data = await read_upload(file, settings.max_upload_bytes)
+    data = read_upload(upload, settings.max_upload_bytes)
     result = await task(DetectQuery(data, conf_threshold, iou_threshold))
     detections = result.detections
     set_model_headers(response, task.model)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from gateway.deps import ServicesDep
+from gateway.deps import services_of
 from gateway.routes._http import error_responses, set_model_headers
 from gateway.schemas import Answer, QARequest, QAResponse
 from gateway.tasks.qa import QAQuery
@@ -15,14 +15,14 @@ router = APIRouter(tags=["qa"])
 @router.post("/qa", response_model=QAResponse, responses=error_responses(404))
 async def answer_question(
     body: QARequest,
-    services: ServicesDep,
+    request: Request,
     response: Response,
     model: Annotated[
         str | None, Query(description="bert_qa (default) or a built precision variant, e.g. bert_qa_int8")
     ] = None,
 ) -> QAResponse:
     """Extractive question answering over ``context`` (SQuAD style)."""
-    task = services.answerer(model)
+    task = services_of(request).answerer(model)
     result = await task(QAQuery(body.question, body.context, body.top_k))
     set_model_headers(response, task.model)
     answers = [Answer.model_validate(span, from_attributes=True) for span in result.spans]

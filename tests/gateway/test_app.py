@@ -7,6 +7,7 @@ test_errors.py, test_resilience.py and tests/reliability/test_overload.py.
 
 from __future__ import annotations
 
+import gc
 import io
 from collections.abc import Iterator, Mapping
 
@@ -135,3 +136,27 @@ def test_readyz_follows_the_server(app_client: TestClient, fake: FakeTritonGrpc)
     fake.server_is_ready = False
     response = app_client.get("/readyz")
     assert response.status_code == 503
+
+
+def test_a_raw_jpeg_body_is_classified_like_its_upload(
+    app_client: TestClient, fake: FakeTritonGrpc, jpeg: bytes
+) -> None:
+    raw = app_client.post("/classify?top_k=3", content=jpeg, headers={"content-type": "image/jpeg"})
+    upload = app_client.post("/classify?top_k=3", files={"file": ("x.jpg", jpeg, "image/jpeg")})
+    assert raw.status_code == upload.status_code == 200, raw.text
+    assert raw.json() == upload.json()
+    assert np.array_equal(fake.calls[0].inputs["images"], fake.calls[1].inputs["images"])
+    # Counted per route and status (the labelled children are cached: the second request adds to the first).
+    metrics = app_client.get("/metrics").text
+    assert 'gateway_requests_total{route="/classify",status="200"} 2.0' in metrics
+    assert 'gateway_request_seconds_count{route="/classify"} 2.0' in metrics
+
+
+def test_start_up_freezes_what_it_built_out_of_the_collector(fake: FakeTritonGrpc) -> None:
+    gc.unfreeze()  # another app of this process may have frozen already
+    settings = Settings(model_repository=ROOT / "triton_repo", health_probe_interval_s=0, _env_file=None)  # type: ignore[call-arg]
+    app = create_app(settings, triton_client=lambda: TritonClient.from_settings(settings, grpc_client=fake))
+    assert gc.get_freeze_count() == 0
+    with TestClient(app):
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # shut down: collectable again

@@ -47,3 +47,11 @@ def test_default_model_is_resnet50_vd(client: TestClient, chelsea_jpeg: bytes, s
     assert len(data["predictions"]) == settings.classify_top_k
     probabilities = [p["probability"] for p in data["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_raw_image_body_is_answered_as_its_multipart_upload(client: TestClient, chelsea_jpeg: bytes) -> None:
+    params = {"model": "efficientnet_lite0", "top_k": 5}
+    multipart = client.post("/classify", params=params, files={"file": ("c.jpg", chelsea_jpeg, "image/jpeg")})
+    raw = client.post("/classify", params=params, content=chelsea_jpeg, headers={"content-type": "image/jpeg"})
+    assert raw.status_code == multipart.status_code == 200, raw.text
+    assert raw.json() == multipart.json()

@@ -59,3 +59,11 @@ def test_webp_is_accepted(client: TestClient) -> None:
     response = client.post("/detect", files={"file": ("x.webp", buffer.getvalue(), "image/webp")})
     assert response.status_code == 200, response.text
     assert response.json()["image"] == {"width": 64, "height": 48}
+
+
+def test_a_raw_image_body_is_answered_as_its_multipart_upload(client: TestClient, astronaut_png: bytes) -> None:
+    params = {"conf_threshold": 0.01, "model": "yolov5n"}
+    multipart = client.post("/detect", params=params, files={"file": ("a.png", astronaut_png, "image/png")})
+    raw = client.post("/detect", params=params, content=astronaut_png, headers={"content-type": "image/png"})
+    assert raw.status_code == multipart.status_code == 200, raw.text
+    assert raw.json() == multipart.json()

@@ -52,6 +52,48 @@ def test_missing_file_is_422(client: TestClient, route: str) -> None:
     _assert_error(client.post(route), 422, "validation_error")
 
 
+def _form(*parts: bytes, boundary: str = "BB") -> dict[str, object]:
+    body = b"".join(f"--{boundary}\r\n".encode() + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
+_PNG_PART = (
+    b'Content-Disposition: form-data; name="file"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + _image("PNG")
+)
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code"),
+    [
+        (
+            {"content": b"--BB\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=BB"}},
+            400,
+            "invalid_multipart",
+        ),
+        ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400, "invalid_multipart"),
+        (_form(_PNG_PART, _PNG_PART), 422, "validation_error"),
+        (_form(b'Content-Disposition: form-data; name="file"\r\n\r\nnot a file'), 422, "validation_error"),
+        (
+            _form(b'Content-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' + _image("PNG")),
+            422,
+            "validation_error",
+        ),
+        ({"json": {"file": "a.png"}}, 422, "validation_error"),
+        ({"content": _image("GIF"), "headers": {"content-type": "image/gif"}}, 415, "unsupported_media_type"),
+        ({"content": b"not a png", "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
+    ],
+    ids=["malformed", "no-boundary", "two-files", "plain-field", "other-field", "json", "raw-gif", "raw-garbage"],
+)
+def test_bad_bodies(client: TestClient, route: str, request_kwargs: dict[str, object], status: int, code: str) -> None:
+    _assert_error(client.post(route, **request_kwargs), status, code)  # type: ignore[arg-type]
+
+
+def test_more_form_parts_than_the_limit_is_413(small_limits_client: TestClient) -> None:
+    note = b'Content-Disposition: form-data; name="note"\r\n\r\nhi'
+    _assert_error(small_limits_client.post("/classify", **_form(*[note] * 4, _PNG_PART)), 413, "payload_too_large")  # type: ignore[arg-type]
+
+
 def test_unknown_classifier_is_404(client: TestClient) -> None:
     response = client.post(
         "/classify", params={"model": "vgg16"}, files={"file": ("a.png", _image("PNG"), "image/png")}
@@ -67,7 +109,7 @@ def test_bad_query_parameters_are_422(client: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def small_limits_client(settings: Settings) -> Iterator[TestClient]:
-    limited = settings.model_copy(update={"max_upload_bytes": 2048, "max_image_pixels": 100 * 100})
+    limited = settings.model_copy(update={"max_upload_bytes": 2048, "max_image_pixels": 100 * 100, "max_form_parts": 4})
     with TestClient(create_app(limited)) as test_client:
         yield test_client
 
