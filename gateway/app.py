@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway._asgi import error_body
+from gateway._malloc import tune_malloc
 from gateway.admission import AdmissionControl
 from gateway.auth import ApiKeyAuth, load_api_keys
 from gateway.body_limit import BufferedBody
@@ -101,6 +102,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         # collector at shut-down (an app torn down in a process that goes on, e.g. tests).
         gc.collect()
         gc.freeze()
+        tune_malloc(settings.malloc_mmap_threshold_bytes, settings.malloc_trim_threshold_bytes)
         LOGGER.info(
             "gateway up: Triton %s, models %s",
             settings.triton_url,

@@ -399,6 +399,25 @@ class Settings(BaseSettings):
             "``file``; others are ignored); more: 413 ``payload_too_large``."
         ),
     )
+    malloc_mmap_threshold_bytes: int | None = Field(
+        default=16 * 2**20,
+        ge=0,
+        description=(
+            "glibc ``M_MMAP_THRESHOLD`` of each gateway process: blocks this large or larger are mapped "
+            "fresh and returned to the kernel when freed; smaller ones are reused from the heap. Raised "
+            "from glibc's 128 kB so a request's image buffers are not page-faulted in again every request "
+            "(``gateway/_malloc.py``). Unset or 0: glibc's default."
+        ),
+    )
+    malloc_trim_threshold_bytes: int | None = Field(
+        default=64 * 2**20,
+        ge=0,
+        description=(
+            "glibc ``M_TRIM_THRESHOLD`` of each gateway process: free heap memory kept per malloc arena "
+            "before it is returned to the kernel (the memory cost of the setting above). Unset or 0: "
+            "glibc's default."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:

@@ -195,23 +195,30 @@ def letterbox(
     width, height = full_size or (array.shape[1], array.shape[0])
     gain = letterbox_gain(width, height, size)
     new_w, new_h = max(1, int(round(width * gain))), max(1, int(round(height * gain)))
-    if (new_w, new_h) != (array.shape[1], array.shape[0]):
+    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    canvas = np.empty((size, size, 3), dtype=np.uint8) if out is None else out
+    canvas[:top] = pad_value  # only the borders: the image covers the rest
+    canvas[top + new_h :] = pad_value
+    canvas[top : top + new_h, :left] = pad_value
+    canvas[top : top + new_h, left + new_w :] = pad_value
+    window = canvas[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (array.shape[1], array.shape[0]):
+        # A grey image (2-D) is broadcast into the three channels.
+        window[...] = array[..., None] if array.ndim == 2 else array
+    else:
         # Shrinking more than 2x (a large PNG or WebP; a large JPEG is decoded reduced first), bilinear
         # would skip pixels and alias: area averaging then, as YOLOv5's own loader does.
         shrink = 2 * new_w < array.shape[1] or 2 * new_h < array.shape[0]
-        array = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    dw, dh = (size - new_w) / 2, (size - new_h) / 2
-    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
-    if out is None:
-        canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    else:
-        canvas = out
-        canvas[:top] = pad_value  # only the borders: the image covers the rest
-        canvas[top + new_h :] = pad_value
-        canvas[top : top + new_h, :left] = pad_value
-        canvas[top : top + new_h, left + new_w :] = pad_value
-    # A grey image (2-D) is broadcast into the three channels.
-    canvas[top : top + new_h, left : left + new_w] = array[..., None] if array.ndim == 2 else array
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        if array.ndim == 3:
+            # Straight into the canvas (OpenCV writes through the view's row stride): no temporary
+            # image, whose fresh pages cost more than the resize itself.
+            resized = cv2.resize(array, (new_w, new_h), dst=window, interpolation=interpolation)
+            if resized is not window and not np.shares_memory(resized, window):
+                window[...] = resized  # an OpenCV that would not write into the view
+        else:
+            window[...] = cv2.resize(array, (new_w, new_h), interpolation=interpolation)[..., None]
     return canvas, Letterbox(gain=gain, pad_x=left, pad_y=top, width=width, height=height)
 
 
