@@ -24,6 +24,9 @@ import numpy as np
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
+from gateway import deadline
+from gateway.errors import UpstreamTimeout
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -49,12 +52,15 @@ class OutputRegions:
         output: the output tensor name.
         nbytes: bytes of that output for one request.
         size: most regions (= most concurrent requests served through shared memory).
+        timeout_s: deadline of one (un)registration call to Triton, cut to what is left of the
+            request's deadline (:mod:`gateway.deadline`); a frozen Triton never holds a request longer.
     """
 
-    def __init__(self, output: str, nbytes: int, size: int) -> None:
+    def __init__(self, output: str, nbytes: int, size: int, timeout_s: float = 30.0) -> None:
         self.output = output
         self.nbytes = nbytes
         self.size = size
+        self.timeout_s = timeout_s
         self._prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._all: list[Region] = []
         self._free: list[Region] = []
@@ -62,7 +68,9 @@ class OutputRegions:
 
     async def acquire(self, client: Any) -> Region | None:
         """A free region, registered with Triton; None when all ``size`` regions are busy or
-        Triton cannot register one now (the call then takes the gRPC path and its error handling)."""
+        Triton cannot register one now (the call then takes the gRPC path and its error handling).
+
+        Raises :class:`UpstreamTimeout` when Triton does not answer the registration in time."""
         if self._free:
             return self._free.pop()
         async with self._lock:
@@ -72,13 +80,24 @@ class OutputRegions:
             handle = shm.create_shared_memory_region(name, f"/{name}", self.nbytes)
             region = Region(name, f"/{name}", handle, self.nbytes)
             try:
-                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
-            except InferenceServerException as exc:
-                LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
+                await client.register_system_shared_memory(
+                    region.name, region.key, region.nbytes, client_timeout=self._timeout()
+                )
+            except (InferenceServerException, UpstreamTimeout) as exc:
                 shm.destroy_shared_memory_region(region.handle)
+                if isinstance(exc, UpstreamTimeout) or exc.status() == "StatusCode.DEADLINE_EXCEEDED":
+                    raise UpstreamTimeout("registering shared memory with Triton did not finish in time") from exc
+                LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
                 return None
             self._all.append(region)
             return region
+
+    def _timeout(self) -> float:
+        left = deadline.remaining()
+        timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+        if timeout <= 0:
+            raise UpstreamTimeout("the request's deadline passed before shared memory was registered")
+        return timeout
 
     def release(self, region: Region) -> None:
         self._free.append(region)
@@ -93,9 +112,11 @@ class OutputRegions:
         LOGGER.warning("re-registering %d shared-memory regions with Triton", len(self._all))
         try:
             for region in self._all:
-                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
-        except InferenceServerException as exc:
-            LOGGER.warning("re-registering shared memory failed: %s", exc.message())
+                await client.register_system_shared_memory(
+                    region.name, region.key, region.nbytes, client_timeout=self._timeout()
+                )
+        except (InferenceServerException, UpstreamTimeout) as exc:
+            LOGGER.warning("re-registering shared memory failed: %s", exc)
             return False
         return True
 
@@ -103,7 +124,7 @@ class OutputRegions:
         """Unregister (best effort: Triton may be gone) and unmap every region."""
         for region in self._all:
             try:
-                await client.unregister_system_shared_memory(region.name)
+                await client.unregister_system_shared_memory(region.name, client_timeout=self.timeout_s)
             except InferenceServerException as exc:  # shutting down: the mapping is removed below regardless
                 LOGGER.info("could not unregister %s: %s", region.name, exc)
             shm.destroy_shared_memory_region(region.handle)

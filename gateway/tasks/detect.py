@@ -101,7 +101,9 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             async with self._regions_lock:
                 if self._regions is None:  # another request may have created it while we waited
                     nbytes = await self.client.output_nbytes(self.model.name, OUTPUT)
-                    self._regions = OutputRegions(OUTPUT, nbytes, self.settings.triton_shared_memory_regions)
+                    self._regions = OutputRegions(
+                        OUTPUT, nbytes, self.settings.triton_shared_memory_regions, self.settings.triton_timeout_s
+                    )
         return self._regions
 
     async def close(self) -> None:

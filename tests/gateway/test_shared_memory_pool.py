@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import pytest
 
+from gateway import deadline
+from gateway.errors import UpstreamTimeout
 from gateway.shared_memory import OutputRegions
-from tests.fakes import INTERNAL, FakeTritonGrpc, grpc_error
+from tests.fakes import INTERNAL, FakeTritonGrpc, FrozenTritonGrpc, grpc_error
 
 pytestmark = pytest.mark.unit
 
@@ -86,3 +89,23 @@ def test_regions_are_registered_again_after_a_restart() -> None:
 
     asyncio.run(scenario())
     assert segments(pool) == []
+
+
+def test_a_frozen_triton_holds_no_registration_past_its_timeout() -> None:
+    """Registering a region with a Triton that never answers: 504 after the pool's timeout (the
+    request's deadline when sooner), the segment removed; it used to wait for ever."""
+    fake, pool = FrozenTritonGrpc(), OutputRegions("detections", NBYTES, size=2, timeout_s=0.3)
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(asyncio.wait_for(pool.acquire(fake), 5.0))
+    assert fake.waits == [0.3] and segments(pool) == []  # no request deadline: the pool timeout itself
+
+    async def with_deadline() -> None:
+        token = deadline.current.set(time.monotonic() + 0.1)
+        try:
+            await pool.acquire(fake)
+        finally:
+            deadline.current.reset(token)
+
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(asyncio.wait_for(with_deadline(), 5.0))
+    assert fake.waits[1] is not None and fake.waits[1] <= 0.1 and segments(pool) == []
