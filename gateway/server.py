@@ -24,6 +24,11 @@ block that arrives complete in one socket read is refused with the same 431 by
 - a header deadline: a timer from the connection's opening (or, on a kept-alive connection, from the
   next request's first byte) until the request's headers are complete; when it fires the client
   gets 408 ``request_timeout`` (if it sent anything) and the connection is closed.
+
+Every such refusal (408, 431, 400) is answered before the app, so its middlewares never see it: the
+protocol itself adds ``X-Request-ID`` (the client's where httptools had parsed a valid one, else a
+generated one; h11 hands over no header of an incomplete block), logs it with that id and counts it in
+``gateway_http_refusals_total{code}`` of the app's :class:`~gateway.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -51,14 +56,14 @@ from gateway.settings import Settings
 LOGGER = logging.getLogger(__name__)
 
 
-def _raw_json_response(error: type[RequestError], message: str, request_id: str) -> bytes:
+def _raw_json_response(error: type[RequestError], message: str, rid: str) -> bytes:
     """A complete HTTP/1.1 response with ``error``'s status, JSON error body and ``X-Request-ID`` that
     closes the connection."""
     body = json.dumps(error_body(error.code, message)).encode()
     status = error.status_code
     head = (
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -77,7 +82,8 @@ def app_metrics(app: Any) -> Metrics | None:
 
 class _HeaderDeadline:
     """The header deadline both protocols share: one timer per connection, armed while a request's
-    line and headers are awaited; :meth:`_header_timeout` (each protocol's) runs when it fires."""
+    line and headers are awaited; :meth:`_header_timeout` (each protocol's) runs when it fires. Also
+    how both answer a request they refuse before the app (:meth:`_refused`)."""
 
     header_timeout_s: float
     header_timer: asyncio.TimerHandle | None
