@@ -57,9 +57,16 @@ def input_array(tensor: Any) -> np.ndarray:
 
 
 def output_tensor(name: str, array: np.ndarray) -> Any:
-    """A ``pb_utils.Tensor`` holding ``array`` (C-contiguous under DLPack, which the stub requires)."""
+    """A ``pb_utils.Tensor`` holding ``array``.
+
+    Under DLPack a C-contiguous, writeable one: the stub requires C order, and NumPy 2 refuses to export a
+    read-only array to the stub's DLPack version (``BufferError``; the null engine's cached zeros are
+    read-only), so such an array is copied.
+    """
     if USE_DLPACK:
-        return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            array = np.array(array, order="C", copy=True)
+        return pb_utils.Tensor.from_dlpack(name, array)
     return pb_utils.Tensor(name, array)
 
 
