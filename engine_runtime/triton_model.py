@@ -39,6 +39,36 @@ LOGGER = logging.getLogger(__name__)
 # Default period of the engine metrics' flush (config parameter ``metrics_flush_ms``).
 METRICS_FLUSH_MS = 500
 
+# Tensors cross the Python-backend stub through DLPack under NumPy 2, through NumPy under NumPy 1.
+# The stub of tritonserver 2.51 (nvidia-pytriton 0.7.0) is built with a pybind11 older than 2.12, whose
+# NumPy interop assumes NumPy 1's C ABI. Under NumPy 2 (measured with 2.2.6), ``Tensor.as_numpy()`` returns
+# wrong values (a request's int64 [1, 2, 3, 40] read as [1, 1, 1, 1]) and ``pb_utils.Tensor(name, array)``
+# sends 0 bytes (the gateway then failed to reshape the empty output: /qa answered 500). DLPack goes around
+# pybind11's NumPy layer and is exact under NumPy 2; under NumPy 1.26, handing the stub a NumPy DLPack
+# capsule breaks it ("PyCapsule_GetPointer called with incorrect name", then "Stub process is not
+# healthy"), so NumPy 1 keeps the NumPy path. tests/triton_repo/test_numpy_abi.py serves the models with a
+# NumPy 2 stub.
+USE_DLPACK = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+def input_array(tensor: Any) -> np.ndarray:
+    """A request's input tensor as an array (read-only under DLPack: a view of the request's memory)."""
+    return np.from_dlpack(tensor) if USE_DLPACK else tensor.as_numpy()
+
+
+def output_tensor(name: str, array: np.ndarray) -> Any:
+    """A ``pb_utils.Tensor`` holding ``array``.
+
+    Under DLPack a C-contiguous, writeable one: the stub requires C order, and NumPy 2 refuses to export a
+    read-only array to the stub's DLPack version (``BufferError``; the null engine's cached zeros are
+    read-only), so such an array is copied.
+    """
+    if USE_DLPACK:
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            array = np.array(array, order="C", copy=True)
+        return pb_utils.Tensor.from_dlpack(name, array)
+    return pb_utils.Tensor(name, array)
+
 
 def _parameter(config: Mapping[str, Any], key: str, default: str = "") -> str:
     value = config.get("parameters", {}).get(key, {}).get("string_value", "")
@@ -143,7 +173,7 @@ class EngineModel:
         """Raise :class:`InvalidInput` for a request the engine must not see. Override per model."""
 
     def _read(self, request: Any) -> dict[str, np.ndarray]:
-        feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+        feeds = {name: input_array(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names}
         self.validate(feeds)
         return feeds
 
@@ -187,7 +217,7 @@ class EngineModel:
                 engine_time[:] = time.process_time() - cpu, time.perf_counter() - wall
             for i, parts in zip(valid, split_outputs(outputs, self.output_names, sizes)):
                 responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, parts[name]) for name in self.output_names]
+                    output_tensors=[output_tensor(name, parts[name]) for name in self.output_names]
                 )
         return responses
 

@@ -29,7 +29,8 @@ Exception tree::
     │                                also by its latency budget
     └── UpstreamError                5xx: Triton is at fault
         ├── TritonUnavailable        503 triton_unavailable: unreachable after retries, or not ready
-        ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed
+        ├── UpstreamTimeout          504 upstream_timeout: the inference deadline passed (or that of a
+        │                            configuration read or shared-memory registration, gateway.triton)
         └── InferenceFailed          502 inference_failed: Triton answered with an error
 
 ``message`` is what the client reads; ``detail`` (internal addresses, raw gRPC text) is only

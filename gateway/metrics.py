@@ -25,6 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import HeadersTooLarge, RequestError, RequestTimeout
+
 # Not counted as in flight: probes and scrapes (the same paths admission control never sheds).
 _NOT_INFLIGHT = frozenset({"/healthz", "/readyz", "/metrics", "/models", "/openapi.json", "/docs"})
 _ERROR_BODY_LIMIT = 64 * 1024  # error bodies are small JSON; past this the code is "unknown"
@@ -98,6 +100,16 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Answered by the HTTP layer itself, before any app code (gateway.server): 408 request_timeout
+        # (header deadline), 431 headers_too_large, 400 bad_request (malformed request).
+        self.http_refusals = Counter(
+            "gateway_http_refusals",
+            "Requests refused by the HTTP layer before the app (header deadline, header size, malformed), by code",
+            ["code"],
+            registry=r,
+        )
+        for error in (RequestTimeout, HeadersTooLarge, RequestError):  # every series exists, at 0 until used
+            self.http_refusals.labels(error.code)
         # process_cpu_seconds_total, process_resident_memory_bytes, ... of this process (one-process
         # mode; with workers see gateway.workers.WorkerGroupCollector).
         ProcessCollector(registry=r)

@@ -16,6 +16,11 @@ _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 
+def choose(given: str | None) -> str:
+    """The client's id when it is valid (1 to 128 of ``A-Z a-z 0-9 . _ : -``), else a new one."""
+    return given if given and _VALID.match(given) else uuid.uuid4().hex
+
+
 class RequestId:
     """ASGI middleware that binds :data:`current` for the duration of each HTTP request."""
 
@@ -27,7 +32,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == HEADER.encode()), "")
-        request_id = given if _VALID.match(given) else uuid.uuid4().hex
+        request_id = choose(given)
         token = current.set(request_id)
 
         async def send_with_id(message: Message) -> None:

@@ -24,6 +24,11 @@ block that arrives complete in one socket read is refused with the same 431 by
 - a header deadline: a timer from the connection's opening (or, on a kept-alive connection, from the
   next request's first byte) until the request's headers are complete; when it fires the client
   gets 408 ``request_timeout`` (if it sent anything) and the connection is closed.
+
+Every such refusal (408, 431, 400) is answered before the app, so its middlewares never see it: the
+protocol itself adds ``X-Request-ID`` (the client's where httptools had parsed a valid one, else a
+generated one; h11 hands over no header of an incomplete block), logs it with that id and counts it in
+``gateway_http_refusals_total{code}`` of the app's :class:`~gateway.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import asyncio
 import functools
 import http
 import json
+import logging
 import sys
 from typing import Any
 
@@ -41,25 +47,43 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway import request_id
 from gateway._asgi import error_body
 from gateway.errors import HeadersTooLarge, RequestError, RequestTimeout
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
+LOGGER = logging.getLogger(__name__)
 
-def _raw_json_response(error: type[RequestError], message: str) -> bytes:
-    """A complete HTTP/1.1 response with ``error``'s status and JSON error body that closes the connection."""
+
+def _raw_json_response(error: type[RequestError], message: str, rid: str) -> bytes:
+    """A complete HTTP/1.1 response with ``error``'s status, JSON error body and ``X-Request-ID`` that
+    closes the connection."""
     body = json.dumps(error_body(error.code, message)).encode()
     status = error.status_code
     head = (
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nx-request-id: {rid}\r\nconnection: close\r\n\r\n"
     )
     return head.encode() + body
 
 
+def app_metrics(app: Any) -> Metrics | None:
+    """The gateway's :class:`Metrics` (``app.state.metrics``) behind uvicorn's wrappers of the app, if any."""
+    for _ in range(16):  # ProxyHeadersMiddleware, MessageLoggerMiddleware, ... each hold the next as .app
+        metrics = getattr(getattr(app, "state", None), "metrics", None)
+        if isinstance(metrics, Metrics):
+            return metrics
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
+
+
 class _HeaderDeadline:
     """The header deadline both protocols share: one timer per connection, armed while a request's
-    line and headers are awaited; :meth:`_header_timeout` (each protocol's) runs when it fires."""
+    line and headers are awaited; :meth:`_header_timeout` (each protocol's) runs when it fires. Also
+    how both answer a request they refuse before the app (:meth:`_refused`)."""
 
     header_timeout_s: float
     header_timer: asyncio.TimerHandle | None
@@ -67,8 +91,33 @@ class _HeaderDeadline:
     transport: asyncio.Transport
     logger: Any
 
+    app: Any
+
     def _header_timeout(self) -> None:
         raise NotImplementedError
+
+    def _client_request_id(self) -> str | None:
+        """The ``X-Request-ID`` of the request being refused, where its headers were parsed (else None)."""
+        return None
+
+    def _refused(self, error: type[RequestError], message: str) -> str:
+        """Count a refusal (``gateway_http_refusals_total{code}``), log it; returns its request id (the
+        client's when parsed and valid, else a new one) for the answer's ``X-Request-ID``."""
+        rid = request_id.choose(self._client_request_id())
+        metrics = app_metrics(self.app)
+        if metrics is not None:
+            metrics.http_refusals.labels(error.code).inc()
+        token = request_id.current.set(rid)
+        try:
+            LOGGER.info("refused before the app: %s %s (%s)", error.status_code, error.code, message)
+        finally:
+            request_id.current.reset(token)
+        return rid
+
+    def _refuse(self, error: type[RequestError], message: str) -> None:
+        """Answer ``error`` as JSON with an ``X-Request-ID``, count it, and close the connection."""
+        self.transport.write(_raw_json_response(error, message, self._refused(error, message)))
+        self.transport.close()
 
     def _arm_header_timer(self) -> None:
         if self.header_timer is None:
@@ -82,10 +131,9 @@ class _HeaderDeadline:
     def _close_late(self, partial_request: bool) -> None:
         """Close a connection whose request headers did not arrive in time (408 if part of one came)."""
         if partial_request:  # say why we hang up
-            message = f"request headers not received within {self.header_timeout_s:g} s"
-            self.transport.write(_raw_json_response(RequestTimeout, message))
-            self.logger.info("closing a connection whose request headers did not arrive in time")
-        self.transport.close()
+            self._refuse(RequestTimeout, f"request headers not received within {self.header_timeout_s:g} s")
+        else:
+            self.transport.close()
 
 
 class GatewayH11Protocol(_HeaderDeadline, H11Protocol):
@@ -146,10 +194,12 @@ class GatewayH11Protocol(_HeaderDeadline, H11Protocol):
             message = f"request line and headers exceed {limit} bytes"
         else:
             status, code, message = RequestError.status_code, RequestError.code, "invalid HTTP request"
+        rid = self._refused(HeadersTooLarge if status == HeadersTooLarge.status_code else RequestError, message)
         body = json.dumps(error_body(code, message)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", rid.encode()),
             (b"connection", b"close"),
         ]
         response = h11.Response(status_code=status, headers=headers, reason=http.HTTPStatus(status).phrase)
@@ -201,9 +251,7 @@ class GatewayHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
             self.header_bytes += len(data)
             if self.max_header_bytes and self.header_bytes > self.max_header_bytes:
                 self._disarm_header_timer()
-                message = f"request line and headers exceed {self.max_header_bytes} bytes"
-                self.transport.write(_raw_json_response(HeadersTooLarge, message))
-                self.transport.close()
+                self._refuse(HeadersTooLarge, f"request line and headers exceed {self.max_header_bytes} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -224,8 +272,13 @@ class GatewayHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """Answer a request httptools refused as malformed, as JSON 400, and close the connection."""
         self._disarm_header_timer()
-        self.transport.write(_raw_json_response(RequestError, "invalid HTTP request"))
-        self.transport.close()
+        self._refuse(RequestError, "invalid HTTP request")
+
+    def _client_request_id(self) -> str | None:
+        # httptools hands over each header once complete: those of the refused request parsed so far.
+        if not self.in_headers:
+            return None
+        return next((v.decode("latin-1") for k, v in self.headers if k == request_id.HEADER.encode()), None)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

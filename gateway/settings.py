@@ -30,7 +30,13 @@ class Settings(BaseSettings):
         default="127.0.0.1:8001",
         description="Triton gRPC endpoint, ``host:port`` or a gRPC target such as ``dns:///host:port``.",
     )
-    triton_timeout_s: float = Field(default=30.0, description="Deadline of one inference call.")
+    triton_timeout_s: float = Field(
+        default=30.0,
+        description=(
+            "Deadline of one Triton call, its retries and back-offs included (inference, configuration "
+            "read, shared-memory registration); past it 504 ``upstream_timeout``."
+        ),
+    )
     triton_retries: int = Field(
         default=3, description="Extra attempts for a call that failed with gRPC ``UNAVAILABLE``."
     )

@@ -31,6 +31,9 @@ import numpy as np
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
+from gateway import deadline
+from gateway.errors import UpstreamTimeout
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -60,10 +63,13 @@ class RegionPool:
 
     Args:
         size: most regions per tensor (= most concurrent requests served through shared memory).
+        timeout_s: deadline of one (un)registration call to Triton, cut to what is left of the
+            request's deadline (:mod:`gateway.deadline`); a frozen Triton never holds a request longer.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, timeout_s: float = 30.0) -> None:
         self.size = size
+        self.timeout_s = timeout_s
         self.prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._all: list[Region] = []
         self._count: dict[str, int] = {}
@@ -76,7 +82,9 @@ class RegionPool:
 
     async def acquire(self, client: Any, tensor: str, nbytes: int) -> Region | None:
         """A free region of at least ``nbytes`` for ``tensor``, registered with Triton; None when all
-        ``size`` of them are busy or Triton cannot register one now (the call then takes gRPC)."""
+        ``size`` of them are busy or Triton cannot register one now (the call then takes gRPC).
+
+        Raises :class:`UpstreamTimeout` when Triton does not answer the registration in time."""
         free = self._free.get(tensor)
         if free:
             region = free.pop()
@@ -91,10 +99,14 @@ class RegionPool:
             handle = shm.create_shared_memory_region(name, f"/{name}", nbytes)
             region = Region(name, f"/{name}", handle, nbytes, tensor)
             try:
-                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
-            except InferenceServerException as exc:
-                LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
+                await client.register_system_shared_memory(
+                    region.name, region.key, region.nbytes, client_timeout=self._timeout()
+                )
+            except (InferenceServerException, UpstreamTimeout) as exc:
                 _destroy(region)
+                if isinstance(exc, UpstreamTimeout) or exc.status() == "StatusCode.DEADLINE_EXCEEDED":
+                    raise UpstreamTimeout("registering shared memory with Triton did not finish in time") from exc
+                LOGGER.warning("cannot register shared memory with Triton (%s); using gRPC", exc.message())
                 return None
             except asyncio.CancelledError:  # Triton may have registered it: pooled, so that close() unregisters it
                 self._add(region)
@@ -102,6 +114,13 @@ class RegionPool:
                 raise
             self._add(region)
             return region
+
+    def _timeout(self) -> float:
+        left = deadline.remaining()
+        timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+        if timeout <= 0:
+            raise UpstreamTimeout("the request's deadline passed before shared memory was registered")
+        return timeout
 
     def _add(self, region: Region) -> None:
         self._all.append(region)
@@ -115,9 +134,11 @@ class RegionPool:
         LOGGER.warning("re-registering %d shared-memory regions with Triton", len(self._all))
         try:
             for region in self._all:
-                await client.register_system_shared_memory(region.name, region.key, region.nbytes)
-        except InferenceServerException as exc:
-            LOGGER.warning("re-registering shared memory failed: %s", exc.message())
+                await client.register_system_shared_memory(
+                    region.name, region.key, region.nbytes, client_timeout=self._timeout()
+                )
+        except (InferenceServerException, UpstreamTimeout) as exc:
+            LOGGER.warning("re-registering shared memory failed: %s", exc)
             return False
         return True
 
@@ -126,7 +147,7 @@ class RegionPool:
         async with self._lock:
             for region in self._all:
                 try:
-                    await client.unregister_system_shared_memory(region.name)
+                    await client.unregister_system_shared_memory(region.name, client_timeout=self.timeout_s)
                 except InferenceServerException as exc:  # shutting down: the mapping is removed below regardless
                     LOGGER.info("could not unregister %s: %s", region.name, exc)
                 _destroy(region)

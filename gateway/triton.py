@@ -168,7 +168,7 @@ class TritonClient:
         )
         # The generated gRPC stub of the client: inference skips tritonclient's request and result objects.
         self._stub = self._client._client_stub
-        self.pool = RegionPool(shared_memory_regions) if shared_memory_regions > 0 else None
+        self.pool = RegionPool(shared_memory_regions, timeout_s) if shared_memory_regions > 0 else None
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
@@ -193,7 +193,28 @@ class TritonClient:
             await self.pool.close(self._client)
         await self._client.close()
 
+    def _call_timeout(self, what: str) -> float:
+        """The gRPC deadline of one attempt: ``timeout_s`` or what is left of the current deadline."""
+        left = deadline.remaining()
+        timeout = self.timeout_s if left is None else min(self.timeout_s, left)
+        if timeout <= 0:
+            raise UpstreamTimeout(f"{what}: the request's deadline has passed")
+        return timeout
+
     async def _call(self, what: str, coro_factory: Any) -> Any:
+        # One call, its retries and back-offs included, ends within timeout_s of its start, or at the
+        # request's deadline when sooner: narrowed here, every attempt's gRPC deadline reads what is left
+        # (deadline.remaining), and no back-off sleeps past it. Without this, a Triton answering
+        # UNAVAILABLE held a call (retries + 1) x timeout_s plus the back-offs.
+        end = time.monotonic() + self.timeout_s
+        outer = deadline.current.get()
+        token = deadline.current.set(end if outer is None else min(end, outer))
+        try:
+            return await self._attempts(what, coro_factory)
+        finally:
+            deadline.current.reset(token)
+
+    async def _attempts(self, what: str, coro_factory: Any) -> Any:
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -205,7 +226,8 @@ class TritonClient:
                     raise Overloaded(
                         f"{what}: shed from the model's queue (full, or waited too long); retry", detail=detail
                     ) from exc
-                if status == _UNAVAILABLE and attempt < self.retries:
+                left = deadline.remaining()
+                if status == _UNAVAILABLE and attempt < self.retries and (left is None or left > delay):
                     LOGGER.warning("%s: Triton unavailable (attempt %d), retrying in %.2fs", what, attempt + 1, delay)
                     await asyncio.sleep(delay)
                     delay *= 2
@@ -285,7 +307,10 @@ class TritonClient:
             ) from None
 
     async def _model_config(self, model: str) -> dict[str, Any]:
-        config = await self._call(f"config of {model}", lambda: self._client.get_model_config(model, as_json=True))
+        what = f"config of {model}"
+        config = await self._call(
+            what, lambda: self._client.get_model_config(model, as_json=True, client_timeout=self._call_timeout(what))
+        )
         return config["config"]  # type: ignore[no-any-return]
 
     async def model_io(self, models: Sequence[str], wait_s: float) -> dict[str, ModelIO]:
@@ -293,13 +318,23 @@ class TritonClient:
         (start-up, where the gateway cannot read the model repository)."""
         deadline_at = time.monotonic() + wait_s
         found: dict[str, ModelIO] = {}
+        # No call outlives wait_s, not even one to a Triton that accepts connections but never answers.
+        token = deadline.current.set(deadline_at)
+        try:
+            return await self._wait_model_io(models, wait_s, deadline_at, found)
+        finally:
+            deadline.current.reset(token)
+
+    async def _wait_model_io(
+        self, models: Sequence[str], wait_s: float, deadline_at: float, found: dict[str, ModelIO]
+    ) -> dict[str, ModelIO]:
         while True:
             try:
                 for model in models:
                     if model not in found:
                         found[model] = ModelIO.from_config(await self._model_config(model))
                 return found
-            except (TritonUnavailable, InferenceFailed) as exc:
+            except (TritonUnavailable, InferenceFailed, UpstreamTimeout) as exc:
                 if time.monotonic() >= deadline_at:
                     raise TritonUnavailable(
                         f"could not read the configuration of {[m for m in models if m not in found]} from "

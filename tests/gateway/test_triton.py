@@ -16,7 +16,7 @@ from gateway import deadline
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth
 from gateway.triton import TritonClient
-from tests.fakes import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, FakeTritonGrpc, grpc_error
+from tests.fakes import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, FakeTritonGrpc, FrozenTritonGrpc, grpc_error
 
 pytestmark = pytest.mark.unit
 
@@ -156,3 +156,40 @@ def test_an_input_in_shared_memory_is_sent_by_reference() -> None:
     assert call.shared == ["images"]
     np.testing.assert_array_equal(call.inputs["images"], image)  # the fake read it from the region
     assert fake.registered == {}
+
+
+def bounded(coro: object, within_s: float) -> object:
+    """Run ``coro``; a hang past ``within_s`` fails the test (a correctness bound, not a timing)."""
+    return run(asyncio.wait_for(coro, within_s))  # type: ignore[arg-type]
+
+
+def test_retries_and_backoffs_end_within_one_call_timeout() -> None:
+    """A Triton answering UNAVAILABLE forever: the call gives up within timeout_s, back-offs included
+    (it used to take (retries + 1) attempts and every back-off, here 0.1 + 0.2 + ... + 51.2 s)."""
+    fake = FakeTritonGrpc()
+    fake.fail_next(*[grpc_error(UNAVAILABLE, "failed to connect to all addresses")] * 11)
+    client = TritonClient("triton.internal:8001", timeout_s=0.5, retries=10, backoff_s=0.1, grpc_client=fake)
+    with pytest.raises(TritonUnavailable):
+        bounded(client.infer("resnet50_vd", ROWS, ["logits"]), within_s=5.0)
+    assert 1 <= len(fake.calls) <= 4  # 0.1 + 0.2 fit in 0.5 s, 0.4 more does not
+    assert all(c.timeout_s is not None and c.timeout_s <= 0.5 for c in fake.calls)
+
+
+def test_a_frozen_triton_holds_no_call_past_its_timeout() -> None:
+    """Inference and configuration reads carry a gRPC deadline: a frozen Triton gives 504 after
+    timeout_s instead of holding the call for ever."""
+    fake = FrozenTritonGrpc()
+    client = TritonClient("triton.internal:8001", timeout_s=0.3, retries=2, backoff_s=0.01, grpc_client=fake)
+    with pytest.raises(UpstreamTimeout):
+        bounded(client.infer("resnet50_vd", ROWS, ["logits"]), within_s=5.0)
+    with pytest.raises(UpstreamTimeout):
+        bounded(client._model_config("nanodet"), within_s=5.0)
+    assert len(fake.waits) == 2 and all(w is not None and 0 < w <= 0.3 for w in fake.waits)
+
+
+def test_start_up_config_wait_is_bounded_by_model_config_wait_s() -> None:
+    fake = FrozenTritonGrpc()
+    client = TritonClient("triton.internal:8001", timeout_s=30.0, retries=0, backoff_s=0.01, grpc_client=fake)
+    with pytest.raises(TritonUnavailable, match="model_config_wait_s"):
+        bounded(client.model_io(["bert_qa"], wait_s=0.5), within_s=5.0)
+    assert fake.waits and all(w is not None and w <= 0.5 for w in fake.waits)

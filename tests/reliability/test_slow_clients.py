@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import select
 import socket
 import subprocess
@@ -202,13 +203,24 @@ def test_slow_uploads_hold_no_processing_slot_and_time_out_with_408(server: int,
     assert response.status_code == 200, response.text
 
 
+def _refusals(port: int) -> dict[str, float]:
+    """``gateway_http_refusals_total`` by code, from the gateway's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = re.findall(r'^gateway_http_refusals_total\{code="([a-z_]+)"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    return {code: float(value) for code, value in found}
+
+
 def test_a_1mb_header_gets_431_and_the_server_stays_up(server: int) -> None:
+    before = _refusals(server)
     sock = _connect(server)
-    request = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Request-ID: big-1\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
     with contextlib.suppress(OSError):  # the server may hang up before it has all of it
         for i in range(0, len(request), 65536):
             sock.sendall(request[i : i + 65536])
-    _assert_json_error(_read_response(sock), 431, "headers_too_large")
+    response = _read_response(sock)
+    _assert_json_error(response, 431, "headers_too_large")
+    assert response[1]["x-request-id"] == "big-1"  # httptools (the default) had parsed it
+    assert _refusals(server)["headers_too_large"] == before["headers_too_large"] + 1
     _assert_closed(sock)
     sock.close()
     # Over the limit but complete in one read: h11 parses it, the body stage refuses it.
@@ -231,10 +243,13 @@ def test_a_connection_trickling_its_headers_is_closed_at_the_header_deadline(ser
             sock.sendall(b"a")
         except OSError:
             break
-    _assert_json_error(_read_response(sock), 408, "request_timeout")
+    response = _read_response(sock)
+    _assert_json_error(response, 408, "request_timeout")
+    assert re.fullmatch(r"[0-9a-f]{32}", response[1]["x-request-id"])  # none sent: a generated one
     assert time.monotonic() - started >= HEADER_TIMEOUT_S
     _assert_closed(sock)
     sock.close()
+    assert _refusals(server)["request_timeout"] >= 1
 
     idle = _connect(server)  # sends nothing at all: closed without a response
     started = time.monotonic()

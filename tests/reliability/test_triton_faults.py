@@ -133,3 +133,39 @@ def test_triton_frozen_longer_than_timeout_gives_504_then_recovers(
 
     _wait_serving(gateway.url, chelsea_jpeg)
     assert _burst(gateway.url, chelsea_jpeg, 4) == [(200, None)] * 4
+
+
+def test_triton_frozen_before_a_detectors_first_shared_memory_request_gives_504_within_the_call_deadline(
+    own_triton_module: OwnTriton,
+    start_gateway: Callable[[Mapping[str, str]], GatewayProcess],
+    chelsea_jpeg: bytes,
+) -> None:
+    """The first /detect with shared memory reads the model's configuration and registers a region: both
+    calls carry the call deadline (triton_timeout_s) too. They had none, so a Triton frozen before that
+    request held it until the request's own deadline (30 s here, GATEWAY_REQUEST_TIMEOUT_S)."""
+    triton = own_triton_module
+    timeout_s = 2.0
+    env = gateway_env(triton.grpc_url, triton.repo, triton_timeout_s=timeout_s, triton_shared_memory=True)
+    gateway = start_gateway(env)
+    assert _send(gateway.url, "qa", chelsea_jpeg) == (200, None)
+
+    def detect() -> tuple[tuple[int, str | None], float]:
+        request_id = f"fault-{next(_ids)}"
+        files = {"file": ("chelsea.jpg", chelsea_jpeg, "image/jpeg")}
+        start = time.monotonic()
+        with httpx.Client(base_url=gateway.url, timeout=CLIENT_TIMEOUT_S) as client:
+            response = client.post("/detect", files=files, headers={"X-Request-ID": request_id})
+        return answer_of(response, request_id), time.monotonic() - start
+
+    triton.pause()
+    try:
+        answer, elapsed = detect()
+        # A correctness bound, not a timing: the call deadline plus generous slack for a loaded host,
+        # far below the 30 s the unbounded call took.
+        assert answer == (504, "upstream_timeout") and elapsed < timeout_s + 5, (answer, elapsed)
+    finally:
+        triton.resume()
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while (answer := detect()[0]) != (200, None):
+        assert answer[0] in {503, 504} and time.monotonic() < deadline, answer
+        time.sleep(0.5)
