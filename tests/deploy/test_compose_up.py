@@ -340,6 +340,19 @@ def test_compose_up_serves_all_three_endpoints_and_down_leaves_nothing(
                 break
             time.sleep(1)
         assert health == {"gateway": "up", "triton": "up"}, targets
+
+        # The gateway runs GATEWAY_WORKERS=2 (compose's default): one scrape sees the supervisor and both
+        # workers, and the requests above counted once each whichever worker served them.
+        def scraped(query: str) -> list[float]:
+            url = f"http://127.0.0.1:{prometheus_port}/api/v1/query?query={urllib.parse.quote(query)}"
+            return [float(r["value"][1]) for r in _http(url)[1]["data"]["result"]]
+
+        counted = 'sum(gateway_requests_total{route=~"/qa|/detect|/classify"})'
+        deadline = time.monotonic() + 30  # a scrape (every 5 s) after the requests
+        while scraped(counted) != [3.0] and time.monotonic() < deadline:
+            time.sleep(1)
+        assert scraped(counted) == [3.0]
+        assert scraped("gateway_processes") == [3.0]
     except BaseException:
         LOGGER.error("compose logs:\n%s", compose("logs", "--no-color", "--tail", "80").stdout[-20000:])
         raise
