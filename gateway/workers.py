@@ -90,7 +90,11 @@ class WorkerGroupCollector(Collector):
             processes += 1
         yield CounterMetricFamily("process_cpu_seconds", "CPU seconds of the gateway's processes", value=cpu_s)
         yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the gateway's processes", rss)
-        yield GaugeMetricFamily("gateway_processes", "Gateway processes (supervisor and workers)", processes)
+        yield GaugeMetricFamily(
+            "gateway_processes",
+            "Gateway processes: the supervisor, its workers and multiprocessing's resource tracker",
+            processes,
+        )
 
 
 def app_factory() -> FastAPI:
