@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import signal
 import statistics
 import sys
 import tempfile
@@ -126,7 +127,14 @@ def markdown(results: list[Result], note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``timeout``) unwinds like Ctrl-C, so the tritonserver and gateway this
+    script started are stopped by their context managers instead of being left running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=list(ROUTES))
     parser.add_argument("--requests", type=int, default=200, help="requests per round")
