@@ -16,6 +16,7 @@ from engine_runtime.manifest import Manifest
 from magicmind_build import cli, datasets
 from magicmind_build.precision import PrecisionOptions, build_variant, is_variant_dir
 from magicmind_build.specs import SPECS
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,37 @@ def test_image_sets_are_deterministic_and_disjoint_by_photo(tmp_path: pathlib.Pa
     assert datasets.set_sha256(a) == datasets.set_sha256(b)
     assert datasets.set_sha256(a, 2) != datasets.set_sha256(a)
     assert len({p.read_bytes() for p in datasets.image_files(a)}) == 6
+
+
+def test_int8_detector_keeps_its_in_graph_head_in_float(
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, chelsea_jpeg: bytes
+) -> None:
+    """The pretrained NanoDet quantized with every op INT8 found nothing on the astronaut photo (its box
+    decode, sigmoid and TopK in 8 bits); only Conv/MatMul/Gemm are quantized now, and it still finds the
+    person FP32 finds."""
+    from gateway.processing.images import detect_input
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repo / "nanodet", repo / "nanodet", ignore=shutil.ignore_patterns("__pycache__"))
+    images = tmp_path / "images"
+    images.mkdir()
+    astronaut = (ROOT / "examples" / "astronaut.jpg").read_bytes()
+    (images / "a.jpg").write_bytes(astronaut)
+    (images / "c.jpg").write_bytes(chelsea_jpeg)
+    variant = build_variant(
+        SPECS["nanodet"], repo, "tiny", "int8", PrecisionOptions(calibration={"nanodet": images}, count=8)
+    )
+    assert variant.calibration is not None and variant.calibration["quantized_ops"] == ["Conv", "MatMul", "Gemm"]
+    graph = onnx.load(str(repo / "nanodet_int8" / "1" / "model.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    head = [n for n in graph.node if n.op_type in ("TopK", "Sigmoid")]
+    assert head and not any(i in dequantized for n in head for i in n.input)
+
+    size = int(SPECS["nanodet"].configs["tiny"].img_size)
+    canvas, _ = detect_input(astronaut, 40_000_000, 20.0, size)
+    best = {}
+    for name in ("nanodet", "nanodet_int8"):
+        engine = OnnxRuntimeEngine(repo / name / "1" / "model.onnx")
+        best[name] = engine.run({"images": canvas[None]})["detections"][0][0]  # cx, cy, w, h, score, class
+    assert best["nanodet"][5] == best["nanodet_int8"][5] == 0  # person
+    assert abs(best["nanodet"][4] - best["nanodet_int8"][4]) < 0.1
