@@ -119,6 +119,14 @@ class _HeaderDeadline:
         self.transport.write(_raw_json_response(error, message, self._refused(error, message)))
         self.transport.close()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # the protocol class after this mixin
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _arm_header_timer(self) -> None:
         if self.header_timer is None:
             self.header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
@@ -157,14 +165,6 @@ class GatewayH11Protocol(_HeaderDeadline, H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout_s = header_timeout_s
         self.header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -234,14 +234,6 @@ class GatewayHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
         self.header_timer: asyncio.TimerHandle | None = None
         self.in_headers = False  # a request has begun and its headers are not complete yet
         self.header_bytes = 0  # bytes received since that request began (counted per socket read)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
