@@ -710,14 +710,14 @@ def plot(rows: list[Row], path: pathlib.Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def _exit_on_sigterm() -> None:
+def exit_on_sigterm() -> None:
     """SIGTERM (``kill``, ``timeout``) unwinds like Ctrl-C, so the tritonserver and gateway this
     script started are stopped by their context managers instead of being left running."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def main(argv: list[str] | None = None) -> int:
-    _exit_on_sigterm()
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=pathlib.Path, default=ROOT / "triton_repo", help="built real engines")
     parser.add_argument("--engines", nargs="+", choices=("real", "null"), default=["real", "null"])

@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import pathlib
-import signal
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from ceiling import NULL_ENV, CpuSample, _descendants, _gateway, _null_repo, _triton
+from ceiling import NULL_ENV, CpuSample, _descendants, _gateway, _null_repo, _triton, exit_on_sigterm
 from loadgen import QA_BODY, jpeg_512
 
 LOGGER = logging.getLogger("gateway_cpu")
@@ -74,7 +73,7 @@ class Result:
         return statistics.median(self.cpu_ms)
 
 
-def _drive(client: httpx.Client, route: Route, image: bytes) -> None:
+def drive(client: httpx.Client, route: Route, image: bytes) -> None:
     if route.name == "qa":
         response = client.post(route.path, json=QA_BODY)
     else:
@@ -93,7 +92,7 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
         def batch(n: int) -> None:
             share = [n // concurrency + (i < n % concurrency) for i in range(concurrency)]
             jobs = [
-                pool.submit(lambda c, k: [_drive(c, route, image) for _ in range(k)], c, k)
+                pool.submit(lambda c, k: [drive(c, route, image) for _ in range(k)], c, k)
                 for c, k in zip(clients, share)
             ]
             for job in jobs:
@@ -127,14 +126,8 @@ def markdown(results: list[Result], note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM (``kill``, ``timeout``) unwinds like Ctrl-C, so the tritonserver and gateway this
-    script started are stopped by their context managers instead of being left running."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
 def main(argv: list[str] | None = None) -> int:
-    _exit_on_sigterm()
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=list(ROUTES))
     parser.add_argument("--requests", type=int, default=200, help="requests per round")

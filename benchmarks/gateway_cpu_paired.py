@@ -29,20 +29,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import ceiling
 from ceiling import NULL_ENV, CpuSample, _gateway, _null_repo, _triton
-from gateway_cpu import ROUTES, Route
-from loadgen import QA_BODY, jpeg_512
+from gateway_cpu import ROUTES, drive
+from loadgen import jpeg_512
 
 LOGGER = logging.getLogger("gateway_cpu_paired")
 AFTER = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _drive(client: httpx.Client, route: Route, image: bytes) -> None:
-    if route.name == "qa":
-        response = client.post(route.path, json=QA_BODY)
-    else:
-        response = client.post(route.path, files={"file": ("image.jpg", image, "image/jpeg")})
-    if response.status_code != 200:
-        raise RuntimeError(f"{route.path} answered {response.status_code}: {response.text[:300]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             route = ROUTES[name]
             for _, client in gateways.values():
                 for _ in range(30):  # warm-up: connections, first-use paths, caches
-                    _drive(client, route, image)
+                    drive(client, route, image)
             for batch in range(args.batches):
                 for side in ("after", "before") if batch % 2 == 0 else ("before", "after"):
                     pid, client = gateways[side]
                     start = CpuSample.read([pid])
                     for _ in range(args.per_batch):
-                        _drive(client, route, image)
+                        drive(client, route, image)
                     cpu[side, name].append(CpuSample.read([pid]).seconds_since(start) * 1000 / args.per_batch)
             LOGGER.info("%s: after %s, before %s", route.path, cpu["after", name], cpu["before", name])
     lines = [
