@@ -270,8 +270,10 @@ def _null_repo(work: pathlib.Path, size: str) -> pathlib.Path:
 
     repo = work / "null_repo"
     ignore = shutil.ignore_patterns("*.onnx", "manifest.json", "__pycache__", "*.tmp")
-    shutil.copytree(ROOT / "triton_repo", repo, ignore=ignore)
+    # The base models only: precision variants built into triton_repo (<model>_fp16/_int8) get no null
+    # engine, and a model without one would stop tritonserver from starting.
     for name, spec in SPECS.items():
+        shutil.copytree(ROOT / "triton_repo" / name, repo / name, ignore=ignore)
         build_null_manifest(spec, repo / name / "1", size)
     return repo
 
