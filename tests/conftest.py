@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import threading
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings, create_app
+from tests.engine_runtime import fake_magicmind
 from tests.helpers import ROOT, free_port, triton_config
 from triton_local import TritonServer
 
@@ -190,3 +192,17 @@ def astronaut_png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("img") / "astronaut.png"
     Image.fromarray(data.astronaut()).save(path)
     return path.read_bytes()
+
+
+# MagicMind: the engine's and the builder's tests run against the labelled fake SDK (``fake_mm``), and
+# ``mm_sdk`` runs a test twice: on the fake and on the real SDK, which skips where it is not importable.
+
+
+@pytest.fixture(params=["fake", "real"])
+def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    return fake_magicmind.sdk(request.param, monkeypatch)
+
+
+@pytest.fixture
+def fake_mm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    return fake_magicmind.install(monkeypatch)

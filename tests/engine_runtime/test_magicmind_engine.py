@@ -26,16 +26,6 @@ from tests.engine_runtime import fake_magicmind
 MODELS = ("bert_qa", "resnet50_vd")
 
 
-@pytest.fixture(params=["fake", "real"])
-def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    return fake_magicmind.sdk(request.param, monkeypatch)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    return fake_magicmind.install(monkeypatch)
-
-
 def _build_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     """Copies of the tiny bert_qa and resnet50_vd engines with ``model.mm`` built by the installed SDK."""
     for name in MODELS:
@@ -52,7 +42,7 @@ def mm_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path, mm_sdk: types.Modu
 
 
 @pytest.fixture
-def fake_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType) -> pathlib.Path:
+def fake_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType) -> pathlib.Path:
     return _build_repo(model_repo, tmp_path)
 
 
@@ -98,7 +88,7 @@ def test_results_equal_onnxruntime_on_the_same_graph(
                 np.testing.assert_allclose(got[key], value, rtol=1e-3, atol=1e-3)
 
 
-def test_call_protocol(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_call_protocol(fake_repo: pathlib.Path, fake_mm: types.ModuleType) -> None:
     engine = _engine(fake_repo, "resnet50_vd")
     engine.run(_feeds(engine, 2))
     calls = [c[0] for c in fake_magicmind.CALLS]
@@ -119,7 +109,9 @@ def test_call_protocol(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
     assert ("IRTTensor.from_numpy", 0, "uint8", (2, 224, 224, 3)) in fake_magicmind.CALLS  # NHWC uint8 as built
 
 
-def test_runs_from_another_thread_than_the_one_that_loaded_it(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_runs_from_another_thread_than_the_one_that_loaded_it(
+    fake_repo: pathlib.Path, fake_mm: types.ModuleType
+) -> None:
     engine = _engine(fake_repo, "resnet50_vd")
     results: list[object] = []
 
@@ -134,7 +126,7 @@ def test_runs_from_another_thread_than_the_one_that_loaded_it(fake_repo: pathlib
     thread.join()
     assert results == [(1, 1000)]
     # The (fake) SDK's rule the engine keeps: a thread with no active device cannot enqueue.
-    queue = fake.Device().create_queue()
+    queue = fake_mm.Device().create_queue()
     assert queue is not None  # device 0 is active in this thread
     thread_status: list[object] = []
     thread = threading.Thread(target=lambda: thread_status.append(engine.context.enqueue([], [], queue)))
@@ -143,7 +135,9 @@ def test_runs_from_another_thread_than_the_one_that_loaded_it(fake_repo: pathlib
     assert not thread_status[0].ok() and "device is not active" in str(thread_status[0])  # type: ignore[attr-defined]
 
 
-def test_inputs_go_in_the_models_order_whatever_the_feed_order(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_inputs_go_in_the_models_order_whatever_the_feed_order(
+    fake_repo: pathlib.Path, fake_mm: types.ModuleType
+) -> None:
     engine = _engine(fake_repo, "bert_qa")
     feeds = _feeds(engine, 2)
     reversed_feeds = dict(reversed(list(feeds.items())))
@@ -156,7 +150,7 @@ def test_inputs_go_in_the_models_order_whatever_the_feed_order(fake_repo: pathli
 
 
 def test_int64_ids_are_narrowed_to_the_int32_model_only_when_they_fit(
-    fake_repo: pathlib.Path, fake: types.ModuleType
+    fake_repo: pathlib.Path, fake_mm: types.ModuleType
 ) -> None:
     # type64to32_conversion in the BuilderConfig: the (fake) built model takes int32 token ids.
     engine = _engine(fake_repo, "bert_qa")
@@ -192,7 +186,7 @@ def test_batch_outside_dim_range_is_refused_before_the_mlu(mm_repo: pathlib.Path
         engine.run({"images": np.zeros((0, 224, 224, 3), np.uint8)})
 
 
-def test_the_fake_itself_refuses_a_batch_beyond_dim_range(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_the_fake_itself_refuses_a_batch_beyond_dim_range(fake_repo: pathlib.Path, fake_mm: types.ModuleType) -> None:
     # Without the engine's own check, the (fake) SDK refuses at enqueue, as the real one must.
     engine = _engine(fake_repo, "resnet50_vd")
     engine.batch_range = None
@@ -215,9 +209,9 @@ def test_device_that_cannot_be_activated(mm_repo: pathlib.Path, mm_sdk: types.Mo
         _engine(mm_repo, "resnet50_vd", device_id=4096)
 
 
-def test_engine_is_not_created_before_the_device_is_active(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_engine_is_not_created_before_the_device_is_active(fake_repo: pathlib.Path, fake_mm: types.ModuleType) -> None:
     # The rule the engine follows, shown on the fake: create_i_engine without an active device fails.
-    model = fake.Model()
+    model = fake_mm.Model()
     assert model.deserialize_from_file(str(fake_repo / "resnet50_vd" / "model.mm")).ok()
     assert model.create_i_engine() is None
 
@@ -229,7 +223,7 @@ def test_unreadable_model_file(tmp_path: pathlib.Path, mm_sdk: types.ModuleType)
         MagicMindEngine(path)
 
 
-def test_enqueue_and_sync_failures_are_engine_errors(fake_repo: pathlib.Path, fake: types.ModuleType) -> None:
+def test_enqueue_and_sync_failures_are_engine_errors(fake_repo: pathlib.Path, fake_mm: types.ModuleType) -> None:
     engine = _engine(fake_repo, "resnet50_vd")
     for failing in ("enqueue", "sync"):
         fake_magicmind.FAIL.clear()

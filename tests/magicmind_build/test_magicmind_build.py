@@ -35,16 +35,6 @@ from tests.engine_runtime import fake_magicmind
 from tests.helpers import ROOT
 
 
-@pytest.fixture(params=["fake", "real"])
-def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    return fake_magicmind.sdk(request.param, monkeypatch)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    return fake_magicmind.install(monkeypatch)
-
-
 def _copy(model_repo: pathlib.Path, tmp_path: pathlib.Path, name: str) -> pathlib.Path:
     out_dir = tmp_path / name
     shutil.copytree(model_repo / name / "1", out_dir)
@@ -119,7 +109,9 @@ def test_written_config_parses_in_the_sdk(model_repo: pathlib.Path, mm_sdk: type
     assert status.ok(), str(status)
 
 
-def test_build_calls_the_sdk_in_order(model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType) -> None:
+def test_build_calls_the_sdk_in_order(
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType
+) -> None:
     out_dir = _copy(model_repo, tmp_path, "resnet50_vd")
     built = build_magicmind_engine(Manifest.read(out_dir), out_dir)
     calls = fake_magicmind.CALLS
@@ -129,7 +121,7 @@ def test_build_calls_the_sdk_in_order(model_repo: pathlib.Path, tmp_path: pathli
         "Builder.build_model",
         "Model.serialize_to_file",
     ]
-    assert calls[0][1:] == (fake.ModelKind.kOnnx, str(out_dir / "model.onnx"))
+    assert calls[0][1:] == (fake_mm.ModelKind.kOnnx, str(out_dir / "model.onnx"))
     assert json.loads(calls[1][1]) == json.loads((out_dir / CONFIG_FILE).read_text())
     assert calls[2] == ("Builder.build_model", "resnet50_vd")
     assert built.engine_format == "magicmind" and built.engine_file == "model.mm"
@@ -144,7 +136,7 @@ def _calibration_batches(batches: int, batch: int) -> list[dict[str, np.ndarray]
 
 
 def test_int8_calibrates_on_an_active_device(
-    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType
 ) -> None:
     out_dir = _copy(model_repo, tmp_path, "resnet50_vd")
     config = builder_config(SPECS["resnet50_vd"], "int8", size="tiny")
@@ -169,7 +161,10 @@ def test_int8_calibrates_on_an_active_device(
         "Builder.build_model",
         "Model.serialize_to_file",
     ]
-    assert ("Calibrator.set_quantization_algorithm", fake.QuantizationAlgorithm.EQNM_ALGORITHM) in fake_magicmind.CALLS
+    assert (
+        "Calibrator.set_quantization_algorithm",
+        fake_mm.QuantizationAlgorithm.EQNM_ALGORITHM,
+    ) in fake_magicmind.CALLS
     assert ("Calibrator.calibrate", 0) in fake_magicmind.CALLS  # MLU 0 active while calibrating
     assert ("Calibrator.samples", 0, 3) in fake_magicmind.CALLS
 
@@ -194,7 +189,7 @@ def test_int8_without_usable_calibration_data_is_refused(
 
 
 def test_build_failure_is_a_build_error(
-    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType
 ) -> None:
     out_dir = _copy(model_repo, tmp_path, "bert_qa")
     fake_magicmind.FAIL.add("build_model")
@@ -239,7 +234,7 @@ def _variant_repo(model_repo: pathlib.Path, tmp_path: pathlib.Path, name: str) -
 
 
 def test_cli_magicmind_int8_calibrates_on_the_serving_preprocessing(
-    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType
 ) -> None:
     spec = SPECS["resnet50_vd"]
     repo = _variant_repo(model_repo, tmp_path, "resnet50_vd")
@@ -259,7 +254,7 @@ def test_cli_magicmind_int8_calibrates_on_the_serving_preprocessing(
     assert set(fake_magicmind.CALIBRATION_SAMPLES) == {0}  # one network input
     calls = fake_magicmind.CALLS
     assert [c for c in calls if c[0] == "Calibrator.__init__"] == [("Calibrator.__init__", 1)]  # int8 only
-    assert ("Calibrator.set_quantization_algorithm", fake.QuantizationAlgorithm.LINEAR_ALGORITHM) in calls
+    assert ("Calibrator.set_quantization_algorithm", fake_mm.QuantizationAlgorithm.LINEAR_ALGORITHM) in calls
     assert ("Builder.build_model", "resnet50_vd_int8") in calls and ("Builder.build_model", "resnet50_vd_fp16") in calls
 
     base_onnx = repo / "resnet50_vd" / "1" / "model.onnx"
@@ -294,7 +289,10 @@ def test_cli_magicmind_int8_calibrates_on_the_serving_preprocessing(
     assert Manifest.read(repo / "resnet50_vd_int8" / "1").built_at == int8.built_at
     assert not [c for c in fake_magicmind.CALLS if c[0] == "Builder.build_model"]
     assert main([*argv, "--calibration-method", "eqnm"]) == 0
-    assert ("Calibrator.set_quantization_algorithm", fake.QuantizationAlgorithm.EQNM_ALGORITHM) in fake_magicmind.CALLS
+    assert (
+        "Calibrator.set_quantization_algorithm",
+        fake_mm.QuantizationAlgorithm.EQNM_ALGORITHM,
+    ) in fake_magicmind.CALLS
     rebuilt = Manifest.read(repo / "resnet50_vd_int8" / "1")
     assert rebuilt.calibration is not None and rebuilt.calibration["algorithm"] == "EQNM_ALGORITHM"
     assert [c for c in fake_magicmind.CALLS if c[0] == "Builder.build_model"] == [
@@ -303,7 +301,7 @@ def test_cli_magicmind_int8_calibrates_on_the_serving_preprocessing(
 
 
 def test_cli_magicmind_int8_calibrates_every_qa_input(
-    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType
 ) -> None:
     repo = _variant_repo(model_repo, tmp_path, "bert_qa")
     pairs = tmp_path / "qa.jsonl"
@@ -332,7 +330,7 @@ def test_cli_magicmind_int8_calibrates_every_qa_input(
     ],
 )
 def test_cli_refuses_a_calibration_the_backend_cannot_do(
-    tmp_path: pathlib.Path, fake: types.ModuleType, extra: list[str], message: str
+    tmp_path: pathlib.Path, fake_mm: types.ModuleType, extra: list[str], message: str
 ) -> None:
     argv = ["--repo", str(tmp_path / "repo"), "--models", "resnet50_vd", "--size", "tiny", "--precision", "int8"]
     with pytest.raises(SystemExit, match=re.escape(message)):
@@ -341,7 +339,7 @@ def test_cli_refuses_a_calibration_the_backend_cannot_do(
 
 
 def test_magicmind_variant_build_failure_is_reported(
-    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake: types.ModuleType, caplog: pytest.LogCaptureFixture
+    model_repo: pathlib.Path, tmp_path: pathlib.Path, fake_mm: types.ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo = _variant_repo(model_repo, tmp_path, "resnet50_vd")
     images = datasets.write_images(tmp_path / "images", ("skimage:chelsea",), 2, seed=1)
