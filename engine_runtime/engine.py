@@ -216,7 +216,7 @@ def load_magicmind() -> Any:
     except ImportError as exc:
         raise EngineError(
             f"the MagicMind SDK ({MAGICMIND_MODULE}) is not importable: run on an MLU host in Cambricon's "
-            "MagicMind image (see README, 'Deploying on Cambricon MLUs')"
+            "MagicMind image (see docs/deploy.md, 'Deploying on Cambricon MLUs')"
         ) from exc
 
 

@@ -286,8 +286,8 @@ def test_job_can_be_reapplied(rendered: dict[str, list[Doc]]) -> None:
     assert (
         job["backoffLimit"] >= 1 and pod_spec(one(rendered["cpu"], "Job", "build-engines"))["restartPolicy"] == "Never"
     )
-    readme = (ROOT / "README.md").read_text()
-    assert "kubectl -n inference delete job build-engines --ignore-not-found" in readme
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
+    assert "kubectl -n inference delete job build-engines --ignore-not-found" in deploy_doc
 
 
 def _arg(args: list[str], flag: str) -> int:
