@@ -48,7 +48,8 @@ class Settings(BaseSettings):
         description=(
             "Send the detectors' input (the letterboxed image, 1.2 MB at 640x640) through system shared "
             "memory instead of gRPC: the gateway draws it straight into a region the Triton client owns "
-            "(README, Shared memory). Only where gateway and Triton share ``/dev/shm`` (one host or pod). "
+            "(docs/benchmarks.md, section What sets the gateway's CPU). "
+            "Only where gateway and Triton share ``/dev/shm`` (one host or pod). "
             "Outputs always come back over gRPC."
         ),
     )

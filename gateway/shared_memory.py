@@ -3,8 +3,9 @@
 A tensor sent over gRPC is copied into the request, serialised, received and parsed by Triton; one in
 a POSIX shared-memory region that both processes mapped is not. The detectors' input (640x640x3
 bytes, 1.2 MB) pays for it: the gateway letterboxes the image straight into a region and the request
-only names it (README, "Shared memory": less CPU in the gateway and in Triton per ``/detect``). Their
-``detections`` output (72 kB) comes back over gRPC: through shared memory it measured no cheaper.
+only names it (docs/benchmarks.md, "What sets the gateway's CPU": less CPU in the gateway and in
+Triton per ``/detect``). Their ``detections`` output (72 kB) comes back over gRPC: through shared
+memory it measured no cheaper.
 
 The Triton client owns the one :class:`RegionPool` of the process: every region of every model
 (created with the client, so two first requests cannot create two pools). Regions are created and

@@ -252,7 +252,8 @@ class TritonClient:
 
         ``placed``: inputs whose array is a view of that borrowed region (:meth:`region`), sent by
         reference (outputs always come back over gRPC: the detectors' 72 kB measured no cheaper
-        through shared memory, README "Shared memory"). Its gRPC deadline is ``timeout_s`` or what is left of the
+        through shared memory, docs/benchmarks.md, "What sets the gateway's CPU"). Its gRPC deadline
+        is ``timeout_s`` or what is left of the
         request's deadline (:mod:`gateway.deadline`), whichever is sooner; none left:
         :class:`UpstreamTimeout` at once.
         """

@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 async def in_thread(executor: concurrent.futures.Executor | None, function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` in a thread of ``executor`` (the loop's default one when None), in a copy
-    of the caller's context. Cheaper than anyio's ``to_thread.run_sync`` (measured in the README,
+    of the caller's context. Cheaper than anyio's ``to_thread.run_sync`` (measured in docs/benchmarks.md,
     Gateway CPU per request); like it, a cancelled caller still waits for the thread to finish, so
     that what the caller holds (the image decoding budget) is released only after the work is done.
     """
