@@ -5,7 +5,8 @@ One command starts a real ``tritonserver`` (``triton_local``) serving the benchm
 cost is what is left, and one gateway (``python -m gateway``, one process, the detectors' input through
 shared memory as the local stack runs it). It drives each route with one fixed request (a 512x512
 JPEG q90 of scikit-image's astronaut for the image routes, the load generator's one-window question
-for ``/qa``), ``--requests`` at a time from ``--concurrency`` client threads, in ``--rounds`` rounds,
+for ``/qa``), ``--requests`` at a time from each ``--concurrency`` number of client threads (1 and 4 by
+default: issue 6 states its targets at concurrency 4, and one request at a time costs the most), in ``--rounds`` rounds,
 and reads every gateway thread's run time in nanoseconds (``/proc/<pid>/task/<tid>/schedstat``,
 as ``ceiling.py`` does) around each round (the client, Triton and everything else on the machine are
 not counted). The table gives the median and the lowest round::
@@ -64,6 +65,7 @@ ROUTES = {
 @dataclasses.dataclass
 class Result:
     route: Route
+    concurrency: int
     requests: int
     cpu_ms: list[float]  # per request, one value per round
     wall_ms: list[float]  # per request, one value per round (client wall time / requests)
@@ -108,20 +110,20 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
             wall_ms.append(wall * 1000 / requests)
     for client in clients:
         client.close()
-    return Result(route, requests, cpu_ms, wall_ms)
+    return Result(route, concurrency, requests, cpu_ms, wall_ms)
 
 
 def markdown(results: list[Result], note: str) -> str:
     head = (
-        "| route | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms "
+        "| route | concurrency | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms "
         "| client wall ms/req |"
     )
-    lines = [note, "", head, "|---|---|---|---|---|---|---|"]
+    lines = [note, "", head, "|---|---|---|---|---|---|---|---|"]
     for r in results:
         target = "–" if r.route.target_ms is None else f"≤ {r.route.target_ms:g}"
         lines.append(
-            f"| `{r.route.path}` | {r.requests} | {len(r.cpu_ms)} | {r.median:.2f} | {min(r.cpu_ms):.2f} | {target} "
-            f"| {statistics.median(r.wall_ms):.1f} |"
+            f"| `{r.route.path}` | {r.concurrency} | {r.requests} | {len(r.cpu_ms)} | {r.median:.2f} "
+            f"| {min(r.cpu_ms):.2f} | {target} | {statistics.median(r.wall_ms):.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -132,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=list(ROUTES))
     parser.add_argument("--requests", type=int, default=200, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=1, help="client threads")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[1, 4], help="client threads; one row per value and route"
+    )
     parser.add_argument("--port-base", type=int, default=21100)
     parser.add_argument("--out", type=pathlib.Path, help="write the markdown table here too")
     parser.add_argument("--note", default="", help="a line printed above the table")
@@ -152,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                 LOGGER.info("gateway pid %d on %s", gateway.pid, url)
                 for name in args.routes:
                     route = ROUTES[name]
-                    results.append(measure(url, gateway.pid, route, args.requests, args.rounds, args.concurrency))
-                    LOGGER.info("%s: %s", route.path, results[-1].cpu_ms)
+                    for concurrency in args.concurrency:
+                        results.append(measure(url, gateway.pid, route, args.requests, args.rounds, concurrency))
+                        LOGGER.info("%s at concurrency %d: %s", route.path, concurrency, results[-1].cpu_ms)
                 if args.hold:
                     time.sleep(args.hold)
     load = os.getloadavg()[0]
     note = args.note or (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs shared with other users "
-        f"(load average {load:.1f} at the end), null engines, 1 gateway process, concurrency {args.concurrency}; "
+        f"(load average {load:.1f} at the end), null engines, 1 gateway process; "
         "CPU of the gateway's threads only (schedstat run time from /proc)."
     )
     table = markdown(results, note)
