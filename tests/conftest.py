@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from engine_runtime.engine import OnnxRuntimeEngine
 from gateway import Settings, create_app
 from tests.engine_runtime import fake_magicmind
-from tests.helpers import ROOT, free_port, triton_config
+from tests.helpers import ROOT, RestartingTriton, free_port, triton_config
 from triton_local import TritonServer
 
 E2E_FIXTURES = frozenset(
@@ -206,3 +206,11 @@ def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
 @pytest.fixture
 def fake_mm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return fake_magicmind.install(monkeypatch)
+
+
+@pytest.fixture
+def restarting_triton(qa_only_repo: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path) -> RestartingTriton:
+    """Triton restart tests: ``bert_qa``-only tritonservers on ports fixed for the test (``.server()``, each
+    started and stopped by the test) and ``.settings(**overrides)`` for a gateway in front of them that
+    knows every model's sizes (only ``/qa`` reaches Triton)."""
+    return RestartingTriton(qa_only_repo, model_repo, tmp_path / "t.log")

@@ -3,6 +3,7 @@ from each other or from a conftest).
 
 * ``ROOT``, :func:`free_port`, :func:`triton_config`: paths and ports for real servers.
 * :class:`OwnTriton`: a real tritonserver a test may kill, freeze (SIGSTOP) and restart on its ports.
+* :class:`RestartingTriton`: fresh tritonserver incarnations on fixed ports, and a gateway's settings for them.
 * :func:`run_gateway` / :class:`GatewayProcess` / :func:`gateway_env`: ``python -m gateway`` as a subprocess.
 * :func:`serve`: an app served by a real uvicorn in a thread; :func:`metric_value`: one Prometheus sample.
 * :func:`direct_run`, :func:`threshold_for`: the bare-engine side of the served == bare detection tests.
@@ -155,6 +156,37 @@ class OwnTriton:
             self._paused = False
         server.stop()
         triton_stubs.reap(stale, timeout_s=10)  # a server killed after ignoring SIGINT can leave stubs
+
+
+class RestartingTriton:
+    """For restart tests: tritonserver incarnations on ports fixed for the test, each :meth:`server` a new
+    one that the test starts and stops itself (``with triton.server(): ...``, or ``start`` in a thread
+    while it polls ``is_ready``), and :meth:`settings` for a gateway that meets each at the same address.
+
+    Args:
+        repo: what Triton serves (``qa_only_repo``: it starts fast).
+        gateway_repo: the gateway's model repository (every model's sizes, though Triton serves only ``repo``'s).
+        log_file: where every incarnation logs.
+    """
+
+    def __init__(self, repo: pathlib.Path, gateway_repo: pathlib.Path, log_file: pathlib.Path) -> None:
+        self.repo = repo
+        self.gateway_repo = gateway_repo
+        self.log_file = log_file
+        self.ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+
+    def server(self) -> TritonServer:
+        """A new, not yet started, tritonserver on the fixed ports."""
+        return TritonServer(triton_config(self.repo, self.log_file, **self.ports))
+
+    def settings(self, **overrides: object) -> Settings:
+        """The gateway's settings in front of it; ``overrides`` by field name (e.g. ``triton_retries``)."""
+        return Settings(
+            triton_url=f"127.0.0.1:{self.ports['grpc_port']}",
+            model_repository=self.gateway_repo,
+            _env_file=None,  # type: ignore[call-arg]
+            **overrides,  # type: ignore[arg-type]
+        )
 
 
 @dataclasses.dataclass(frozen=True)
