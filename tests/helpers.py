@@ -9,12 +9,14 @@ from each other or from a conftest).
 * :func:`direct_run`, :func:`threshold_for`: the bare-engine side of the served == bare detection tests.
 * ``SHORT``, :func:`direct_answers`: a one-window question and the bare-engine side of the /qa tests.
 * :func:`answer_of`: the status and answer of a /qa response, checked against its request id.
+* :func:`load_benchmark`: a script of ``benchmarks/`` imported as a module (its pure functions under test).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import pathlib
@@ -27,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from types import ModuleType
 
 import httpx
 import numpy as np
@@ -59,6 +62,17 @@ def triton_config(repo: pathlib.Path, log_file: pathlib.Path, **ports: int) -> T
     for name in ("http_port", "grpc_port", "metrics_port"):
         ports.setdefault(name, free_port())
     return TritonServerConfig(model_repository=repo, startup_timeout_s=240, log_file=log_file, **ports)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` (not a package) imported as module ``name``, registered in ``sys.modules``
+    because dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.helpers import ROOT
-
-CEILING = ROOT / "benchmarks" / "ceiling.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ceiling() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ceiling", CEILING)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ceiling"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ceiling")
 
 
 def _row(ceiling: ModuleType, path: str, rnd: int, errors: int = 0, **cpu: float) -> object:

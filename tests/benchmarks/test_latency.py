@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def latency() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("latency", ROOT / "benchmarks" / "latency.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["latency"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency")
 
 
 def test_percentiles_are_the_median_and_nearest_ranks(latency: ModuleType) -> None:
