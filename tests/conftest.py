@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import sys
 import threading
 import time
 import types
@@ -24,7 +25,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from engine_runtime.engine import OnnxRuntimeEngine
+from engine_runtime.engine import EngineError, OnnxRuntimeEngine, load_magicmind
 from gateway import Settings, create_app
 from tests.engine_runtime import fake_magicmind
 from tests.helpers import ROOT, RestartingTriton, free_port, triton_config
@@ -206,6 +207,18 @@ def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
 @pytest.fixture
 def fake_mm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return fake_magicmind.install(monkeypatch)
+
+
+@pytest.fixture
+def no_mm_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of a missing SDK: skips where a real one is importable; otherwise makes sure no fake lingers."""
+    try:
+        load_magicmind()
+    except EngineError:
+        pass
+    else:
+        pytest.skip("a MagicMind SDK is importable here")
+    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from engine_runtime.engine import EngineError, load_magicmind
+from engine_runtime.engine import EngineError
 from engine_runtime.manifest import Manifest
 from magicmind_build import datasets
 from magicmind_build.build import sha256_file
@@ -212,14 +212,8 @@ def test_cli_backend_magicmind_builds_mm_engines(tmp_path: pathlib.Path, mm_sdk:
     assert Manifest.read(repo / "resnet50_vd" / "1").engine_format == "onnx"
 
 
-def test_cli_backend_magicmind_without_the_sdk(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        load_magicmind()
-    except EngineError:
-        pass
-    else:
-        pytest.skip("a MagicMind SDK is importable here")
-    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)
+@pytest.mark.usefixtures("no_mm_sdk")
+def test_cli_backend_magicmind_without_the_sdk(tmp_path: pathlib.Path) -> None:
     with pytest.raises(SystemExit, match=r"--backend magicmind: the MagicMind SDK .* is not importable"):
         main(["--repo", str(tmp_path / "repo"), "--models", "resnet50_vd", "--size", "tiny", "--backend", "magicmind"])
     assert not (tmp_path / "repo").exists()  # refused before building anything
