@@ -91,6 +91,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOADGEN = pathlib.Path(__file__).resolve().parent / "loadgen.py"
 sys.path.insert(0, str(LOADGEN.parent))
 
+from latency import LoadResult, percentiles_ms  # noqa: E402
 from loadgen import ENDPOINTS  # noqa: E402
 
 from triton_local import stubs  # noqa: E402
@@ -104,21 +105,13 @@ METRICS_WAIT_S = 0.8
 STUBS_IDLE_S = 0.02
 
 
-@dataclasses.dataclass
-class Row:
-    """One measured (engine, path, workers, endpoint, concurrency)."""
+@dataclasses.dataclass(kw_only=True)
+class Row(LoadResult):
+    """One measured (engine, path, workers, endpoint, concurrency): the load's fields, then these."""
 
     engine: str
     path: str
     workers: int | None
-    endpoint: str
-    concurrency: int
-    requests: int
-    errors: int
-    requests_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
     cpu_ms: dict[str, float | None]  # per request, by tier
     batch: float | None = None  # mean rows per engine call (Triton's inference / execution counts)
     round: int | None = None  # interleaved runs (--rounds): which round of bare / Triton / gateway
@@ -128,15 +121,6 @@ class Row:
     def ceiling_per_core(self) -> float | None:
         gateway = self.cpu_ms.get("gateway")
         return 1000.0 / gateway if gateway else None
-
-
-def _percentiles(latencies_s: list[float]) -> tuple[float, float, float]:
-    ms = sorted(x * 1000 for x in latencies_s)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]
-
-    return statistics.median(ms), pct(0.95), pct(0.99)
 
 
 # ---------------------------------------------------------------- CPU accounting through /proc
@@ -375,7 +359,7 @@ def _load(mode: str, target: str, endpoint: str, concurrency: int, requests: int
 def _served_row(engine: str, path: str, workers: int | None, endpoint: str, c: int, r: dict[str, Any]) -> Row:
     n = len(r["latencies_s"])
     d = r["cpu_delta_s"]
-    p50, p95, p99 = _percentiles(r["latencies_s"])
+    p50, p95, p99 = percentiles_ms(r["latencies_s"])
     engine_s = d["mm_engine_cpu_us"]
     cpu = {
         "gateway": d["gateway"] * 1000 / n if path == "gateway" else None,
@@ -386,9 +370,22 @@ def _served_row(engine: str, path: str, workers: int | None, endpoint: str, c: i
         "loadgen": r["cpu_s"] * 1000 / n,
     }
     batch = d["nv_inference_count"] / d["nv_inference_exec_count"] if d["nv_inference_exec_count"] else None
-    row = Row(engine, path, workers, endpoint, c, n, r["errors"], n / r["wall_s"], p50, p95, p99, cpu, batch)
-    row.load1 = os.getloadavg()[0]
-    return row
+    return Row(
+        endpoint=endpoint,
+        concurrency=c,
+        requests=n,
+        errors=r["errors"],
+        requests_per_s=n / r["wall_s"],
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        engine=engine,
+        path=path,
+        workers=workers,
+        cpu_ms=cpu,
+        batch=batch,
+        load1=os.getloadavg()[0],
+    )
 
 
 def stub_engine_options(model_dir: pathlib.Path) -> dict[str, Any]:
@@ -426,13 +423,26 @@ def _bare_row(engine_kind: str, engine: Any, name: str, c: int, feeds: Any, iter
         engine.run(feeds)
         times.append(time.perf_counter() - start)
     cpu = time.process_time() - cpu0
-    p50, p95, p99 = _percentiles(times)
+    p50, p95, p99 = percentiles_ms(times)
     items = iters * c
     cpu_ms: dict[str, float | None] = dict.fromkeys(_TIERS)
     cpu_ms["engine"] = cpu * 1000 / items
-    row = Row(engine_kind, "bare", None, name, c, items, 0, items / sum(times), p50, p95, p99, cpu_ms, c)
-    row.load1 = os.getloadavg()[0]
-    return row
+    return Row(
+        endpoint=name,
+        concurrency=c,
+        requests=items,
+        errors=0,
+        requests_per_s=items / sum(times),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        engine=engine_kind,
+        path="bare",
+        workers=None,
+        cpu_ms=cpu_ms,
+        batch=c,
+        load1=os.getloadavg()[0],
+    )
 
 
 def _bare_rows(engine_kind: str, repo: pathlib.Path, endpoints: list[str], conc: list[int], iters: int) -> list[Row]:

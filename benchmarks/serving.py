@@ -17,12 +17,12 @@ import dataclasses
 import io
 import json
 import pathlib
-import statistics
 import sys
 import time
 
 import httpx
-from loadgen import QA_BODY  # benchmarks/ is on sys.path when this script runs
+from latency import LoadResult, percentiles_ms  # benchmarks/ is on sys.path when this script runs
+from loadgen import QA_BODY
 
 from magicmind_build.bench import bench_engine, load_bare_engine
 
@@ -35,18 +35,6 @@ class Endpoint:
     json: dict | None = None
     image: bytes | None = None
     content_type: str = "image/jpeg"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadResult:
-    endpoint: str
-    concurrency: int
-    requests: int
-    errors: int
-    requests_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
 
 
 def _image(kind: str) -> bytes:
@@ -89,13 +77,8 @@ async def _load(url: str, endpoint: Endpoint, concurrency: int, total: int) -> L
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    ms = sorted(x * 1000 for x in latencies)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, int(round(p * (len(ms) - 1))))]
-
     return LoadResult(
-        endpoint.name, concurrency, len(ms), errors, len(ms) / elapsed, statistics.median(ms), pct(0.95), pct(0.99)
+        endpoint.name, concurrency, len(latencies), errors, len(latencies) / elapsed, *percentiles_ms(latencies)
     )
 
 

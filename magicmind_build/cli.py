@@ -23,11 +23,10 @@ import logging
 import pathlib
 import sys
 
-from engine_runtime.engine import EngineError, load_magicmind
 from engine_runtime.manifest import Manifest
 from magicmind_build import precision
 from magicmind_build.build import CheckpointError, build_engine, build_null_manifest
-from magicmind_build.magicmind import MagicMindBuildError, build_magicmind_engine
+from magicmind_build.magicmind import MagicMindBuildError, build_magicmind_engine, magicmind_sdk
 from magicmind_build.specs import SIZES, SPECS
 
 LOGGER = logging.getLogger("magicmind_build")
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.backend == "magicmind":
         try:
-            load_magicmind()
-        except EngineError as exc:
+            magicmind_sdk()
+        except MagicMindBuildError as exc:
             raise SystemExit(f"--backend magicmind: {exc}") from None
     checkpoints = _checkpoints(args.checkpoint)
     options = precision.options_from_args(args, args.models)  # refuses bad precision flags before any build

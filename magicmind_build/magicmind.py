@@ -208,7 +208,12 @@ def with_builder_config(
     return dataclasses.replace(manifest, magicmind_config=path.name)
 
 
-def _sdk() -> Any:
+def magicmind_sdk() -> Any:
+    """The MagicMind SDK (:func:`engine_runtime.engine.load_magicmind`), its absence a :class:`MagicMindBuildError`.
+
+    The builder's one way to the SDK (the engine build, the precision variants, the CLI's check up front):
+    the error names what to do, and every caller of the builder handles one error class.
+    """
     try:
         return load_magicmind()
     except EngineError as exc:
@@ -301,7 +306,7 @@ def build_magicmind(
         device_id: the MLU that calibrates (int8 only; building needs no device).
         name: the model name given to ``build_model``.
     """
-    mm = _sdk()
+    mm = magicmind_sdk()
     parser_module = importlib.import_module("magicmind.python.runtime.parser")
     network = mm.Network()
     parser = parser_module.Parser(mm.ModelKind.kOnnx)
@@ -353,7 +358,7 @@ def build_magicmind_engine(
     if manifest.engine_format != "onnx" or not manifest.magicmind_config:
         raise MagicMindBuildError(f"{manifest.model}: needs an ONNX engine with a MagicMind config to build from")
     config = json.loads((out_dir / manifest.magicmind_config).read_text())
-    mm = _sdk()
+    mm = magicmind_sdk()
     onnx_path = out_dir / manifest.engine_file
     engine_path = build_magicmind(
         onnx_path,

@@ -445,6 +445,7 @@ def _build_magicmind_variant(
         build_magicmind,
         builder_config,
         calibration_settings,
+        magicmind_sdk,
         onnx_input_names,
         write_builder_config,
     )
@@ -472,7 +473,7 @@ def _build_magicmind_variant(
         calibration_data=batches,
         name=variant,
     )
-    mm_version = str(getattr(_magicmind_sdk(), "__version__", "unknown"))
+    mm_version = str(getattr(magicmind_sdk(), "__version__", "unknown"))
     manifest = dataclasses.replace(
         base,
         model=variant,
@@ -496,12 +497,6 @@ def _build_magicmind_variant(
     )
     manifest.write(out_dir)
     return manifest
-
-
-def _magicmind_sdk() -> Any:
-    from engine_runtime.engine import load_magicmind
-
-    return load_magicmind()
 
 
 def build_variant(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import sys
 import threading
 import time
 import types
@@ -24,10 +25,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from engine_runtime.engine import OnnxRuntimeEngine
+from engine_runtime.engine import EngineError, OnnxRuntimeEngine, load_magicmind
 from gateway import Settings, create_app
 from tests.engine_runtime import fake_magicmind
-from tests.helpers import ROOT, free_port, triton_config
+from tests.helpers import ROOT, RestartingTriton, free_port, triton_config
 from triton_local import TritonServer
 
 E2E_FIXTURES = frozenset(
@@ -206,3 +207,23 @@ def mm_sdk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> t
 @pytest.fixture
 def fake_mm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return fake_magicmind.install(monkeypatch)
+
+
+@pytest.fixture
+def no_mm_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests of a missing SDK: skips where a real one is importable; otherwise makes sure no fake lingers."""
+    try:
+        load_magicmind()
+    except EngineError:
+        pass
+    else:
+        pytest.skip("a MagicMind SDK is importable here")
+    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)
+
+
+@pytest.fixture
+def restarting_triton(qa_only_repo: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path) -> RestartingTriton:
+    """Triton restart tests: ``bert_qa``-only tritonservers on ports fixed for the test (``.server()``, each
+    started and stopped by the test) and ``.settings(**overrides)`` for a gateway in front of them that
+    knows every model's sizes (only ``/qa`` reaches Triton)."""
+    return RestartingTriton(qa_only_repo, model_repo, tmp_path / "t.log")

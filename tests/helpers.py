@@ -3,17 +3,20 @@ from each other or from a conftest).
 
 * ``ROOT``, :func:`free_port`, :func:`triton_config`: paths and ports for real servers.
 * :class:`OwnTriton`: a real tritonserver a test may kill, freeze (SIGSTOP) and restart on its ports.
+* :class:`RestartingTriton`: fresh tritonserver incarnations on fixed ports, and a gateway's settings for them.
 * :func:`run_gateway` / :class:`GatewayProcess` / :func:`gateway_env`: ``python -m gateway`` as a subprocess.
 * :func:`serve`: an app served by a real uvicorn in a thread; :func:`metric_value`: one Prometheus sample.
 * :func:`direct_run`, :func:`threshold_for`: the bare-engine side of the served == bare detection tests.
 * ``SHORT``, :func:`direct_answers`: a one-window question and the bare-engine side of the /qa tests.
 * :func:`answer_of`: the status and answer of a /qa response, checked against its request id.
+* :func:`load_benchmark`: a script of ``benchmarks/`` imported as a module (its pure functions under test).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import pathlib
@@ -26,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from types import ModuleType
 
 import httpx
 import numpy as np
@@ -58,6 +62,17 @@ def triton_config(repo: pathlib.Path, log_file: pathlib.Path, **ports: int) -> T
     for name in ("http_port", "grpc_port", "metrics_port"):
         ports.setdefault(name, free_port())
     return TritonServerConfig(model_repository=repo, startup_timeout_s=240, log_file=log_file, **ports)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` (not a package) imported as module ``name``, registered in ``sys.modules``
+    because dataclasses look their module up there."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def direct_run(settings: Settings, engine: OnnxRuntimeEngine, data: bytes) -> tuple[np.ndarray, object]:
@@ -155,6 +170,37 @@ class OwnTriton:
             self._paused = False
         server.stop()
         triton_stubs.reap(stale, timeout_s=10)  # a server killed after ignoring SIGINT can leave stubs
+
+
+class RestartingTriton:
+    """For restart tests: tritonserver incarnations on ports fixed for the test, each :meth:`server` a new
+    one that the test starts and stops itself (``with triton.server(): ...``, or ``start`` in a thread
+    while it polls ``is_ready``), and :meth:`settings` for a gateway that meets each at the same address.
+
+    Args:
+        repo: what Triton serves (``qa_only_repo``: it starts fast).
+        gateway_repo: the gateway's model repository (every model's sizes, though Triton serves only ``repo``'s).
+        log_file: where every incarnation logs.
+    """
+
+    def __init__(self, repo: pathlib.Path, gateway_repo: pathlib.Path, log_file: pathlib.Path) -> None:
+        self.repo = repo
+        self.gateway_repo = gateway_repo
+        self.log_file = log_file
+        self.ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+
+    def server(self) -> TritonServer:
+        """A new, not yet started, tritonserver on the fixed ports."""
+        return TritonServer(triton_config(self.repo, self.log_file, **self.ports))
+
+    def settings(self, **overrides: object) -> Settings:
+        """The gateway's settings in front of it; ``overrides`` by field name (e.g. ``triton_retries``)."""
+        return Settings(
+            triton_url=f"127.0.0.1:{self.ports['grpc_port']}",
+            model_repository=self.gateway_repo,
+            _env_file=None,  # type: ignore[call-arg]
+            **overrides,  # type: ignore[arg-type]
+        )
 
 
 @dataclasses.dataclass(frozen=True)

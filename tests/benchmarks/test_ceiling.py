@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
+import json
 import pathlib
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.helpers import ROOT
-
-CEILING = ROOT / "benchmarks" / "ceiling.py"
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ceiling() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ceiling", CEILING)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ceiling"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ceiling")
 
 
 def _row(ceiling: ModuleType, path: str, rnd: int, errors: int = 0, **cpu: float) -> object:
     cpu_ms = {t: cpu.get(t.replace("-", "_")) for t in ceiling._TIERS}
-    return ceiling.Row("real", path, None, "classify", 1, 8, errors, 1.0, 1.0, 1.0, 1.0, cpu_ms, 1.0, rnd, 5.0)
+    load = ceiling.LoadResult("classify", 1, 8, errors, 1.0, 1.0, 1.0, 1.0)
+    extra = {"engine": "real", "path": path, "workers": None, "cpu_ms": cpu_ms, "batch": 1.0, "round": rnd}
+    return ceiling.Row(**dataclasses.asdict(load), **extra, load1=5.0)
 
 
 def _cells(table: str, path: str) -> list[str]:
@@ -58,6 +53,13 @@ def test_tax_rounds_gives_no_verdict_with_errors(ceiling: ModuleType) -> None:
     assert _cells(ceiling.tax_rounds_table(rows), "gateway")[13] == "n/a (2 errors)"
     # the one-run tax table ignores interleaved rounds
     assert ceiling.tax_table(rows) == ""
+
+
+def test_row_is_a_load_result_and_round_trips_through_its_json(ceiling: ModuleType) -> None:
+    row = _row(ceiling, "gateway", 2, gateway=5.0, engine=100.0)
+    assert isinstance(row, ceiling.LoadResult)
+    record = json.loads(json.dumps(dataclasses.asdict(row)))  # as ceiling.json holds it (--render reads it back)
+    assert ceiling.Row(**record) == row
 
 
 def test_served_session_reads_the_models_log_line(ceiling: ModuleType, tmp_path: pathlib.Path) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import sys
 import threading
 import types
 
 import numpy as np
 import pytest
 
-from engine_runtime.engine import EngineError, MagicMindEngine, OnnxRuntimeEngine, load_engine, load_magicmind
+from engine_runtime.engine import EngineError, MagicMindEngine, OnnxRuntimeEngine, load_engine
 from engine_runtime.manifest import Manifest
 from magicmind_build.magicmind import build_magicmind_engine
 from tests.engine_runtime import fake_magicmind
@@ -234,13 +233,7 @@ def test_enqueue_and_sync_failures_are_engine_errors(fake_repo: pathlib.Path, fa
     assert engine.run(_feeds(engine, 1))["logits"].shape == (1, 1000)
 
 
-def test_no_sdk_is_a_clear_error(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        load_magicmind()
-    except EngineError:
-        pass
-    else:
-        pytest.skip("a MagicMind SDK is importable here")
-    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)  # make sure no fake lingers
+@pytest.mark.usefixtures("no_mm_sdk")
+def test_no_sdk_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     with pytest.raises(EngineError, match=r"MagicMind SDK \(magicmind.python.runtime\) is not importable"):
         MagicMindEngine(tmp_path / "model.mm")

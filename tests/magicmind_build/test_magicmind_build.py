@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from engine_runtime.engine import EngineError, load_magicmind
+from engine_runtime.engine import EngineError
 from engine_runtime.manifest import Manifest
 from magicmind_build import datasets
 from magicmind_build.build import sha256_file
@@ -27,6 +27,7 @@ from magicmind_build.magicmind import (
     build_magicmind,
     build_magicmind_engine,
     builder_config,
+    magicmind_sdk,
     onnx_input_names,
 )
 from magicmind_build.precision import calibration_batches, preprocess_image
@@ -211,17 +212,19 @@ def test_cli_backend_magicmind_builds_mm_engines(tmp_path: pathlib.Path, mm_sdk:
     assert Manifest.read(repo / "resnet50_vd" / "1").engine_format == "onnx"
 
 
-def test_cli_backend_magicmind_without_the_sdk(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        load_magicmind()
-    except EngineError:
-        pass
-    else:
-        pytest.skip("a MagicMind SDK is importable here")
-    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)
+@pytest.mark.usefixtures("no_mm_sdk")
+def test_cli_backend_magicmind_without_the_sdk(tmp_path: pathlib.Path) -> None:
     with pytest.raises(SystemExit, match=r"--backend magicmind: the MagicMind SDK .* is not importable"):
         main(["--repo", str(tmp_path / "repo"), "--models", "resnet50_vd", "--size", "tiny", "--backend", "magicmind"])
     assert not (tmp_path / "repo").exists()  # refused before building anything
+
+
+def test_magicmind_sdk_is_the_builders_one_seam(fake_mm: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert magicmind_sdk() is fake_mm
+    monkeypatch.setitem(sys.modules, "magicmind.python.runtime", None)  # not importable
+    with pytest.raises(MagicMindBuildError, match=r"the MagicMind SDK .* is not importable") as info:
+        magicmind_sdk()
+    assert isinstance(info.value.__cause__, EngineError)  # the engine's error, mapped to the builder's
 
 
 # --- precision variants built by MagicMind (--backend magicmind --precision ...) --------------------------

@@ -21,27 +21,17 @@ import urllib.request
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway import Settings, create_app
-from tests.helpers import ROOT, free_port, metric_value, triton_config
+from gateway import create_app
+from tests.helpers import ROOT, RestartingTriton, free_port, metric_value
 from triton_local import TritonServer
 
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
 
 
-def test_gateway_serves_again_soon_after_triton_restart(
-    qa_only_repo: pathlib.Path, model_repo: pathlib.Path, tmp_path: pathlib.Path
-) -> None:
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-
-    def server() -> TritonServer:
-        return TritonServer(triton_config(qa_only_repo, tmp_path / "t.log", **ports))
-
-    settings = Settings(
-        triton_url=f"127.0.0.1:{ports['grpc_port']}",
-        model_repository=model_repo,  # every model's sizes; Triton serves only bert_qa (/qa is used)
-        triton_retries=0,  # one attempt per request: each answer shows the channel's state
-        _env_file=None,  # type: ignore[call-arg]
-    )
+def test_gateway_serves_again_soon_after_triton_restart(restarting_triton: RestartingTriton) -> None:
+    server = restarting_triton.server
+    # One attempt per request: each answer shows the channel's state.
+    settings = restarting_triton.settings(triton_retries=0)
     with TestClient(create_app(settings)) as client:
         with server():
             # Bounded: the health prober may have met the channel before Triton was up (it is then in back-off).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import struct
 import subprocess
@@ -14,7 +13,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from tests.helpers import ROOT, GatewayProcess, gateway_env
+from tests.helpers import ROOT, GatewayProcess, gateway_env, load_benchmark
 from triton_local import TritonServer
 
 SOAK = ROOT / "benchmarks" / "soak.py"
@@ -22,12 +21,7 @@ SOAK = ROOT / "benchmarks" / "soak.py"
 
 @pytest.fixture(scope="module")
 def soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak", SOAK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("soak")
 
 
 def _response(status: int, body: object, request_id: str | None = "r1") -> httpx.Response:
