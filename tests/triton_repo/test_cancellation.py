@@ -1,20 +1,24 @@
 """A cancelled gRPC inference (what the gateway does past a deadline or on disconnect) is not run by Triton.
 
 Requests queued behind a busy ``bert_qa`` instance are cancelled by their client; Triton answers
-them ``CANCELED`` (the scheduler drops them, or ``execute`` finds ``request.is_cancelled()``)
-instead of running the engine on them. Counts come from Triton's own metrics.
+them ``CANCELED`` (the dynamic batcher drops them before ``execute``, which no longer asks each
+request ``is_cancelled()``: a round trip to tritonserver per request) instead of running the engine on
+them. Counts come from Triton's own metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import re
 import time
 import urllib.request
 
 import numpy as np
+import pytest
 import tritonclient.grpc.aio as aio
 
+from tests.helpers import ROOT
 from triton_local import TritonServer
 
 ROWS = 64  # bert_qa's max_batch_size: each request is one engine call
@@ -66,3 +70,10 @@ def test_cancelled_requests_are_not_run(triton: TritonServer) -> None:
     assert _metric(triton, "nv_inference_request_failure", 'reason="BACKEND",') == backend_errors_before
     assert rows_run < (1 + QUEUED) * ROWS
     assert rows_run % ROWS == 0  # whole requests ran or none of their rows did
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("config", sorted((ROOT / "triton_repo").glob("*/config.pbtxt")), ids=lambda p: p.parent.name)
+def test_every_model_has_the_dynamic_batcher_that_drops_cancelled_requests(config: pathlib.Path) -> None:
+    """``execute`` does not ask ``is_cancelled()``: only the dynamic batcher keeps cancelled requests out."""
+    assert "\ndynamic_batching {" in config.read_text()
