@@ -254,10 +254,16 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def _fast_jpeg_scaled(
-    data: bytes, max_pixels: int, max_aspect_ratio: float, scale: Callable[[int, int], float] | None
-) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """What :func:`load_scaled` gives, as an RGB [H, W, 3] or grey [H, W] uint8 array, for a JPEG the
-    fast path takes; None: use :func:`load_scaled`."""
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float,
+    scale: Callable[[int, int], float] | None,
+    pil: bool = False,
+) -> tuple[np.ndarray | Image.Image, tuple[int, int]] | None:
+    """What :func:`load_scaled` gives, for a JPEG the fast path takes, as an RGB [H, W, 3] or grey [H, W]
+    uint8 array, or (``pil``) as a PIL image in mode RGB or L (PIL holds RGB as RGBX: decoded as RGBX, the
+    image is a plain copy, where an RGB array's would be repacked, twice the CPU); None: use
+    :func:`load_scaled`."""
     jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
     if jpeg is None or jpeg.colorspace not in _FAST_COLORSPACES:
         return None
@@ -272,8 +278,9 @@ def _fast_jpeg_scaled(
     if smaller and -(-width * smaller // 8) == out_w and -(-height * smaller // 8) == out_h:
         return None
     grey = jpeg.colorspace == "Gray"
+    colorspace = "GRAY" if grey else "RGBX" if pil else "RGB"
     try:
-        array = simplejpeg.decode_jpeg(data, "GRAY" if grey else "RGB", min_width=out_w, min_height=out_h)
+        array = simplejpeg.decode_jpeg(data, colorspace, min_width=out_w, min_height=out_h)
     except (ValueError, RuntimeError, KeyError):  # corrupt or truncated data, libjpeg warnings (strict)
         return None
     if array.shape[:2] != (out_h, out_w):
@@ -284,6 +291,9 @@ def _fast_jpeg_scaled(
     if transpose is not None:
         array = np.ascontiguousarray(transpose(array))
     full = (height, width) if jpeg.orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+    if pil:
+        image = Image.fromarray(array) if grey else Image.frombytes("RGB", array.shape[1::-1], array, "raw", "RGBX")
+        return image, full
     return array, full
 
 
@@ -344,10 +354,11 @@ def _load_scaled(
     max_aspect_ratio: float,
     scale: Callable[[int, int], float] | None,
     fast_jpeg: bool,
+    pil: bool = False,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
-    """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (an array then)."""
+    """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
     if fast_jpeg:
-        fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale)
+        fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil)
         if fast is not None:
             return fast
     return load_scaled(data, max_pixels, max_aspect_ratio, scale)
@@ -492,5 +503,5 @@ def classify_input(
     same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
     every reference use this."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, pil=True)
     return resize_center_crop(image, resize, crop, full)

@@ -274,8 +274,12 @@ def test_the_jpeg_fast_path_equals_the_pil_path_bit_for_bit(name: str, denominat
     stored = (header.width, header.height)
     assert full == fast[1] == (stored[::-1] if name.startswith("exif-") and int(name[5]) >= 5 else stored)
     assert image.size == (-(-full[0] // denominator), -(-full[1] // denominator))  # this scale was tested
-    assert fast[0].dtype == np.uint8 and fast[0].flags.c_contiguous
+    assert isinstance(fast[0], np.ndarray) and fast[0].dtype == np.uint8 and fast[0].flags.c_contiguous
     np.testing.assert_array_equal(fast[0], np.asarray(image))
+    as_pil = images._fast_jpeg_scaled(data, _MAX, 0.0, scale, pil=True)  # what classify_input resizes
+    assert as_pil is not None and isinstance(as_pil[0], Image.Image) and as_pil[1] == full
+    assert as_pil[0].mode == image.mode
+    np.testing.assert_array_equal(np.asarray(as_pil[0]), np.asarray(image))
 
     crop = min(resize, 56)
     served = classify_input(data, _MAX, 0.0, resize, crop)
