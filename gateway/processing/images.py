@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import struct
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -112,11 +113,12 @@ _EXIF_PREFIX = b"Exif\x00\x00"
 _XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
 _MPF_PREFIX = b"MPF\x00"
 _SHORT = 3  # TIFF field type
+_SEGMENT = struct.Struct(">BBH")  # 0xFF, marker, length
+_FRAME = struct.Struct(">BHHB")  # start of frame: precision, height, width, components
 _NO_ORIENTATION = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class _Jpeg:
+class _Jpeg(NamedTuple):  # a NamedTuple: built in a fraction of a frozen dataclass's time
     """What the fast path read from a JPEG's markers and libjpeg's header.
 
     Args:
@@ -171,20 +173,23 @@ def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
     exif = xmp = False
     i, size = 2, len(data)
     for _ in range(_MAX_SEGMENTS):
-        if i + 4 > size or data[i] != 0xFF:
-            return None  # fill bytes, junk, truncation: not for the fast path
-        marker = data[i + 1]
+        if i + 4 > size:
+            return None  # truncated
+        prefix, marker, length = _SEGMENT.unpack_from(data, i)
+        if prefix != 0xFF:
+            return None  # fill bytes, junk: not for the fast path
         if marker == _SOS:
             break
-        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        if end < i + 4 or end > size or 0xD0 <= marker <= 0xD9 or marker in (0x01, 0xFF):
+        end = i + 2 + length
+        if length < 2 or end > size or 0xD0 <= marker <= 0xD9 or marker in (0x01, 0xFF):
             return None  # a standalone marker, a bad length
         if marker in _SOF:
-            if frame is not None or marker not in _FAST_SOF or end - i < 10 or data[i + 4] != 8:
+            if frame is not None or marker not in _FAST_SOF or length < 8:
                 return None
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            frame = (width, height, data[i + 9])
+            precision, height, width, components = _FRAME.unpack_from(data, i + 4)
+            if precision != 8:
+                return None
+            frame = (width, height, components)
         elif marker == 0xE1 and data.startswith(_EXIF_PREFIX, i + 4):
             found = _exif_orientation(data, i + 4 + len(_EXIF_PREFIX), end)
             if exif or found is None:
