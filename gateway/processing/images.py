@@ -125,11 +125,13 @@ class _Jpeg(NamedTuple):  # a NamedTuple: built in a fraction of a frozen datacl
         header: as :func:`read_header` gives it.
         colorspace: libjpeg's colorspace (``YCbCr``, ``RGB``, ``Gray``, ``CMYK``, ``YCCK``).
         orientation: the EXIF orientation, ``_NO_ORIENTATION`` where there is none.
+        exif: where the APP1 Exif payload is in the data, None where there is none.
     """
 
     header: ImageHeader
     colorspace: str
     orientation: int
+    exif: slice | None
 
 
 def _exif_orientation(data: bytes, start: int, end: int) -> int | None:
@@ -165,12 +167,14 @@ def _exif_orientation(data: bytes, start: int, end: int) -> int | None:
     return _NO_ORIENTATION if orientation is None else orientation
 
 
-def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
-    """(width, height, components, EXIF orientation) from the segments before the first scan of an
-    8-bit Huffman DCT JPEG; None for anything else, or anything unusual (PIL decides)."""
+def _scan_jpeg(data: bytes) -> tuple[int, int, int, int, slice | None] | None:
+    """(width, height, components, EXIF orientation, where the APP1 Exif payload is) from the segments
+    before the first scan of an 8-bit Huffman DCT JPEG; None for anything else, or anything unusual (PIL
+    decides)."""
     frame = None
     orientation = _NO_ORIENTATION
-    exif = xmp = False
+    exif: slice | None = None
+    xmp = False
     i, size = 2, len(data)
     for _ in range(_MAX_SEGMENTS):
         if i + 4 > size:
@@ -194,7 +198,7 @@ def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
             found = _exif_orientation(data, i + 4 + len(_EXIF_PREFIX), end)
             if exif or found is None:
                 return None  # PIL joins several Exif segments: not for the fast path
-            exif, orientation = True, found
+            exif, orientation = slice(i + 4, end), found
         elif marker == 0xE1 and data.startswith(_XMP_PREFIX, i + 4):
             xmp = True
         elif marker == 0xE2 and data.startswith(_MPF_PREFIX, i + 4):
@@ -204,7 +208,7 @@ def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
         return None
     if frame is None or (xmp and orientation == _NO_ORIENTATION):
         return None  # PIL takes the orientation from XMP when EXIF has none
-    return (*frame, orientation)
+    return (*frame, orientation, exif)
 
 
 def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg | None:
@@ -214,7 +218,7 @@ def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg |
     scanned = _scan_jpeg(data)
     if scanned is None:
         return None
-    width, height, components, orientation = scanned
+    width, height, components, orientation, exif = scanned
     mode = _MODES_BY_COMPONENTS.get(components)
     pixels = width * height
     bomb = Image.MAX_IMAGE_PIXELS  # past it PIL warns or refuses: its path decides
@@ -232,7 +236,7 @@ def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg |
         return None
     if (tj_width, tj_height) != (width, height) or (colorspace == "Gray") != (components == 1):
         return None
-    return _Jpeg(ImageHeader("JPEG", mode, width, height), colorspace, orientation)
+    return _Jpeg(ImageHeader("JPEG", mode, width, height), colorspace, orientation, exif)
 
 
 def _draft_denominator(width: int, height: int, factor: float) -> int | None:
@@ -246,7 +250,16 @@ def _draft_denominator(width: int, height: int, factor: float) -> int | None:
     return next(s for s in (8, 4, 2, 1) if ratio >= s)
 
 
-# numpy equivalents of ImageOps.exif_transpose's transpositions, by EXIF orientation.
+# ImageOps.exif_transpose's transpositions by EXIF orientation, and their numpy equivalents.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
     3: lambda a: a[::-1, ::-1],  # ROTATE_180
@@ -292,14 +305,31 @@ def _fast_jpeg_scaled(
         return None
     if grey:
         array = array[..., 0]
-    transpose = _ORIENT.get(jpeg.orientation)
-    if transpose is not None:
-        array = np.ascontiguousarray(transpose(array))
     full = (height, width) if jpeg.orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+    method = _TRANSPOSE.get(jpeg.orientation)
+    if method is not None and (jpeg.exif is None or not _pil_rewrites_exif(data[jpeg.exif])):
+        return None  # rotating, PIL's exif_transpose rewrites the EXIF: where that fails, its path decides
     if pil:
+        # At most two copies at once (the budget's bound, ``ImageHeader.decode_bytes``), as in the PIL path.
         image = Image.fromarray(array) if grey else Image.frombytes("RGB", array.shape[1::-1], array, "raw", "RGBX")
-        return image, full
+        del array
+        return (image if method is None else image.transpose(method)), full
+    if method is not None:
+        array = np.ascontiguousarray(_ORIENT[jpeg.orientation](array))
     return array, full
+
+
+def _pil_rewrites_exif(exif: bytes) -> bool:
+    """Whether PIL's ``exif_transpose`` gets through its EXIF work on this APP1 payload (read it, drop the
+    orientation, serialise the rest), which the PIL path does for every rotated image."""
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        del parsed[_EXIF_ORIENTATION]
+        parsed.tobytes()
+    except Exception:  # whatever it is, the PIL path meets it too and answers for it
+        return False
+    return True
 
 
 def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:

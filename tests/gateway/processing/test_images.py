@@ -391,3 +391,38 @@ def test_corrupt_jpegs_give_the_pil_paths_outcome(seed: int) -> None:
             if rng.random() < 0.2:
                 data = data[: rng.integers(2, len(data))]
             _same_everywhere(bytes(data))
+
+
+def _camera_exif_jpeg() -> bytes:
+    """A small rotated JPEG (orientation 6) with a camera-like EXIF: IFD0 text and rational tags, an Exif
+    IFD and a GPS IFD."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Camera Maker"
+    exif[0x011A] = 72.0
+    exif[0x0131] = "firmware 1.0"
+    exif.get_ifd(0x8769).update({0x9003: "2024:01:01 00:00:00", 0x829A: 0.01})
+    exif.get_ifd(0x8825).update({1: "N", 2: (1.0, 2.0, 3.0)})
+    return _encode(Image.open(io.BytesIO(_PLAIN)), "JPEG", quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, on the corrupt EXIF
+def test_a_corrupt_exif_of_a_rotated_jpeg_gives_the_pil_paths_outcome() -> None:
+    """Rotating, PIL's exif_transpose also rewrites the EXIF, which fails on some corrupt ones (today a
+    TypeError or struct.error out of the PIL path): the fast path then declines, so the outcome stays the
+    PIL path's; where PIL gets through, the fast path takes the image and gives the same pixels."""
+    source = _camera_exif_jpeg()
+    start = source.find(b"Exif\x00\x00") + 6
+    end = start + int.from_bytes(source[start - 8 : start - 6], "big") - 8
+    rng = np.random.default_rng(7)
+    taken = pil_failed = 0
+    for _ in range(300):
+        data = bytearray(source)
+        for where in rng.integers(start, end, rng.integers(1, 4)):
+            data[where] = int(rng.integers(0, 256))
+        corrupt = bytes(data)
+        taken += images._fast_jpeg_scaled(corrupt, _MAX, 0.0, None) is not None
+        pil = _outcome(classify_input, corrupt, _MAX, 0.0, 48, 32, fast_jpeg=False)
+        pil_failed += isinstance(pil, tuple)
+        _assert_same(_outcome(classify_input, corrupt, _MAX, 0.0, 48, 32), pil)
+    assert taken > 100 and pil_failed > 0  # both kinds were met
