@@ -15,12 +15,12 @@ import io
 import math
 import struct
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape, UnsupportedMediaType
 
@@ -113,6 +113,9 @@ _EXIF_PREFIX = b"Exif\x00\x00"
 _XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
 _MPF_PREFIX = b"MPF\x00"
 _SHORT = 3  # TIFF field type
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}  # bytes a value
+_IFD_ENTRY_II = struct.Struct("<HHLL")  # tag, type, count, value or offset
+_IFD_ENTRY_MM = struct.Struct(">HHLL")
 _SEGMENT = struct.Struct(">BBH")  # 0xFF, marker, length
 _FRAME = struct.Struct(">BHHB")  # start of frame: precision, height, width, components
 _NO_ORIENTATION = 0
@@ -125,56 +128,54 @@ class _Jpeg(NamedTuple):  # a NamedTuple: built in a fraction of a frozen datacl
         header: as :func:`read_header` gives it.
         colorspace: libjpeg's colorspace (``YCbCr``, ``RGB``, ``Gray``, ``CMYK``, ``YCCK``).
         orientation: the EXIF orientation, ``_NO_ORIENTATION`` where there is none.
-        exif: where the APP1 Exif payload is in the data, None where there is none.
     """
 
     header: ImageHeader
     colorspace: str
     orientation: int
-    exif: slice | None
 
 
 def _exif_orientation(data: bytes, start: int, end: int) -> int | None:
     """The orientation in IFD0 of the TIFF structure ``data[start:end]`` (an APP1 Exif payload), as PIL's
-    ``getexif()`` reads it; ``_NO_ORIENTATION`` when absent; None when not plainly well formed (PIL decides)."""
+    ``getexif()`` reads it; ``_NO_ORIENTATION`` when absent; None when not plainly well formed (PIL decides).
+
+    PIL reads IFD0's entries in order, keeps the first of a tag, and stops at the first whose out-of-line
+    value lies past the end: every entry before the orientation must be of a known type with its value
+    inside the data.
+    """
     if end - start < 8:
         return None
     byte_order = data[start : start + 4]
     if byte_order == b"II*\x00":
-        order: Literal["little", "big"] = "little"
+        entry_format, offset_format = _IFD_ENTRY_II, "<L"
     elif byte_order == b"MM\x00*":
-        order = "big"
+        entry_format, offset_format = _IFD_ENTRY_MM, ">L"
     else:
         return None
-    ifd = start + int.from_bytes(data[start + 4 : start + 8], order)
+    ifd = start + struct.unpack_from(offset_format, data, start + 4)[0]
     if ifd + 2 > end:
         return None
-    count = int.from_bytes(data[ifd : ifd + 2], order)
+    count = struct.unpack_from(offset_format[0] + "H", data, ifd)[0]
     if ifd + 2 + 12 * count > end:
         return None
-    tag = _EXIF_ORIENTATION.to_bytes(2, order)
-    orientation: int | None = None
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-        if data[entry : entry + 2] != tag:
-            continue
-        if orientation is not None:
-            return None  # two of them
-        if int.from_bytes(data[entry + 2 : entry + 4], order) != _SHORT:
+        tag, kind, values, offset = entry_format.unpack_from(data, entry)
+        if tag == _EXIF_ORIENTATION:
+            if kind != _SHORT or values != 1:
+                return None
+            return struct.unpack_from(offset_format[0] + "H", data, entry + 8)[0]
+        unit = _TIFF_TYPE_SIZES.get(kind)
+        if unit is None or (unit * values > 4 and start + offset + unit * values > end):
             return None
-        if int.from_bytes(data[entry + 4 : entry + 8], order) != 1:
-            return None
-        orientation = int.from_bytes(data[entry + 8 : entry + 10], order)
-    return _NO_ORIENTATION if orientation is None else orientation
+    return _NO_ORIENTATION
 
 
-def _scan_jpeg(data: bytes) -> tuple[int, int, int, int, slice | None] | None:
-    """(width, height, components, EXIF orientation, where the APP1 Exif payload is) from the segments
-    before the first scan of an 8-bit Huffman DCT JPEG; None for anything else, or anything unusual (PIL
-    decides)."""
+def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, EXIF orientation) from the segments before the first scan of an
+    8-bit Huffman DCT JPEG; None for anything else, or anything unusual (PIL decides)."""
     frame = None
     orientation = _NO_ORIENTATION
-    exif: slice | None = None
-    xmp = False
+    exif = xmp = False
     i, size = 2, len(data)
     for _ in range(_MAX_SEGMENTS):
         if i + 4 > size:
@@ -198,7 +199,7 @@ def _scan_jpeg(data: bytes) -> tuple[int, int, int, int, slice | None] | None:
             found = _exif_orientation(data, i + 4 + len(_EXIF_PREFIX), end)
             if exif or found is None:
                 return None  # PIL joins several Exif segments: not for the fast path
-            exif, orientation = slice(i + 4, end), found
+            exif, orientation = True, found
         elif marker == 0xE1 and data.startswith(_XMP_PREFIX, i + 4):
             xmp = True
         elif marker == 0xE2 and data.startswith(_MPF_PREFIX, i + 4):
@@ -208,7 +209,7 @@ def _scan_jpeg(data: bytes) -> tuple[int, int, int, int, slice | None] | None:
         return None
     if frame is None or (xmp and orientation == _NO_ORIENTATION):
         return None  # PIL takes the orientation from XMP when EXIF has none
-    return (*frame, orientation, exif)
+    return (*frame, orientation)
 
 
 def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg | None:
@@ -218,7 +219,7 @@ def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg |
     scanned = _scan_jpeg(data)
     if scanned is None:
         return None
-    width, height, components, orientation, exif = scanned
+    width, height, components, orientation = scanned
     mode = _MODES_BY_COMPONENTS.get(components)
     pixels = width * height
     bomb = Image.MAX_IMAGE_PIXELS  # past it PIL warns or refuses: its path decides
@@ -236,7 +237,7 @@ def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg |
         return None
     if (tj_width, tj_height) != (width, height) or (colorspace == "Gray") != (components == 1):
         return None
-    return _Jpeg(ImageHeader("JPEG", mode, width, height), colorspace, orientation, exif)
+    return _Jpeg(ImageHeader("JPEG", mode, width, height), colorspace, orientation)
 
 
 def _draft_denominator(width: int, height: int, factor: float) -> int | None:
@@ -250,8 +251,8 @@ def _draft_denominator(width: int, height: int, factor: float) -> int | None:
     return next(s for s in (8, 4, 2, 1) if ratio >= s)
 
 
-# ImageOps.exif_transpose's transpositions by EXIF orientation, and their numpy equivalents.
-_TRANSPOSE = {
+# ImageOps.exif_transpose's transpositions by EXIF orientation (load_scaled), and their numpy equivalents.
+_TRANSPOSE: dict[object, Image.Transpose] = {  # keyed as PIL reads the tag: any value
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -307,8 +308,6 @@ def _fast_jpeg_scaled(
         array = array[..., 0]
     full = (height, width) if jpeg.orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
     method = _TRANSPOSE.get(jpeg.orientation)
-    if method is not None and (jpeg.exif is None or not _pil_rewrites_exif(data[jpeg.exif])):
-        return None  # rotating, PIL's exif_transpose rewrites the EXIF: where that fails, its path decides
     if pil:
         # At most two copies at once (the budget's bound, ``ImageHeader.decode_bytes``), as in the PIL path.
         image = Image.fromarray(array) if grey else Image.frombytes("RGB", array.shape[1::-1], array, "raw", "RGBX")
@@ -317,19 +316,6 @@ def _fast_jpeg_scaled(
     if method is not None:
         array = np.ascontiguousarray(_ORIENT[jpeg.orientation](array))
     return array, full
-
-
-def _pil_rewrites_exif(exif: bytes) -> bool:
-    """Whether PIL's ``exif_transpose`` gets through its EXIF work on this APP1 payload (read it, drop the
-    orientation, serialise the rest), which the PIL path does for every rotated image."""
-    try:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        del parsed[_EXIF_ORIENTATION]
-        parsed.tobytes()
-    except Exception:  # whatever it is, the PIL path meets it too and answers for it
-        return False
-    return True
 
 
 def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:
@@ -368,11 +354,16 @@ def load_scaled(
     image, header = _open(data, max_pixels, max_aspect_ratio)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
-        transposed = image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS
+        orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
+        transposed = orientation in _TRANSPOSING_ORIENTATIONS
         if header.format == "JPEG" and factor <= 0.5:
             image.draft(None, (math.ceil(header.width * factor), math.ceil(header.height * factor)))
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # without in_place it copies even an upright image
+        method = _TRANSPOSE.get(orientation)
+        if method is not None:
+            # exif_transpose's rotation alone: it would also rewrite the EXIF (of no use here), which raises
+            # TypeError or struct.error on some corrupt ones (a 500).
+            image = image.transpose(method)
         if image.mode not in ("RGB", "L"):
             image = image.convert("L" if image.mode == "1" else "RGB")
     except Image.DecompressionBombError as exc:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape
+from gateway.errors import GatewayError, InvalidImage, PayloadTooLarge, UnsupportedImageShape
 from gateway.processing import images
 from gateway.processing.images import (
     classify_input,
@@ -407,15 +407,15 @@ def _camera_exif_jpeg() -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, on the corrupt EXIF
-def test_a_corrupt_exif_of_a_rotated_jpeg_gives_the_pil_paths_outcome() -> None:
-    """Rotating, PIL's exif_transpose also rewrites the EXIF, which fails on some corrupt ones (today a
-    TypeError or struct.error out of the PIL path): the fast path then declines, so the outcome stays the
-    PIL path's; where PIL gets through, the fast path takes the image and gives the same pixels."""
+def test_a_corrupt_exif_of_a_rotated_jpeg_is_rotated_the_same_both_ways_never_a_500() -> None:
+    """Random bytes in a camera-like EXIF of a rotated JPEG: both paths give the same outcome, and it is
+    an image or a 4xx, never an error of another kind (``ImageOps.exif_transpose`` also rewrote the EXIF,
+    which raised TypeError or struct.error on some of these: a 500; the rotation alone is applied now)."""
     source = _camera_exif_jpeg()
     start = source.find(b"Exif\x00\x00") + 6
     end = start + int.from_bytes(source[start - 8 : start - 6], "big") - 8
     rng = np.random.default_rng(7)
-    taken = pil_failed = 0
+    taken = 0
     for _ in range(300):
         data = bytearray(source)
         for where in rng.integers(start, end, rng.integers(1, 4)):
@@ -423,6 +423,6 @@ def test_a_corrupt_exif_of_a_rotated_jpeg_gives_the_pil_paths_outcome() -> None:
         corrupt = bytes(data)
         taken += images._fast_jpeg_scaled(corrupt, _MAX, 0.0, None) is not None
         pil = _outcome(classify_input, corrupt, _MAX, 0.0, 48, 32, fast_jpeg=False)
-        pil_failed += isinstance(pil, tuple)
+        assert not isinstance(pil, tuple) or issubclass(pil[0], GatewayError), pil
         _assert_same(_outcome(classify_input, corrupt, _MAX, 0.0, 48, 32), pil)
-    assert taken > 100 and pil_failed > 0  # both kinds were met
+    assert taken > 200  # the fast path read most of them
