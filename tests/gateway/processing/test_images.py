@@ -426,3 +426,15 @@ def test_a_corrupt_exif_of_a_rotated_jpeg_is_rotated_the_same_both_ways_never_a_
         assert not isinstance(pil, tuple) or issubclass(pil[0], GatewayError), pil
         _assert_same(_outcome(classify_input, corrupt, _MAX, 0.0, 48, 32), pil)
     assert taken > 200  # the fast path read most of them
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_scaled_rotates_as_exif_transpose_does(orientation: int) -> None:
+    """The PIL path applies the rotation itself (no EXIF rewrite): the same pixels as ``ImageOps.exif_transpose``."""
+    from PIL import ImageOps
+
+    data = _FAST_CORPUS[f"exif-{orientation}"]
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    image, full = load_scaled(data, _MAX, 0.0)
+    assert full == expected.size == image.size
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
