@@ -232,7 +232,7 @@ def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg |
     ):
         return None
     try:
-        tj_height, tj_width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        tj_height, tj_width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=True)
     except (ValueError, RuntimeError, KeyError):  # libjpeg's errors and warnings (strict)
         return None
     if (tj_width, tj_height) != (width, height) or (colorspace == "Gray") != (components == 1):
@@ -299,7 +299,7 @@ def _fast_jpeg_scaled(
     grey = jpeg.colorspace == "Gray"
     colorspace = "GRAY" if grey else "RGBX" if pil else "RGB"
     try:
-        array = simplejpeg.decode_jpeg(data, colorspace, min_width=out_w, min_height=out_h)
+        array = simplejpeg.decode_jpeg(data, colorspace, min_width=out_w, min_height=out_h, strict=True)
     except (ValueError, RuntimeError, KeyError):  # corrupt or truncated data, libjpeg warnings (strict)
         return None
     if array.shape[:2] != (out_h, out_w):
