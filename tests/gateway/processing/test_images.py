@@ -377,7 +377,7 @@ def test_the_jpeg_fast_path_refuses_nothing_itself() -> None:
         classify_input(data, _MAX, 1.5, 256, 224)
 
 
-@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, on corrupt EXIF
 @pytest.mark.parametrize("seed", range(8))
 def test_corrupt_jpegs_give_the_pil_paths_outcome(seed: int) -> None:
     """Random bytes overwritten in the markers and in the scan, and random truncations, of EXIF-rotated
