@@ -13,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import struct
 from collections.abc import Callable
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape, UnsupportedMediaType
 
@@ -92,8 +95,237 @@ def _open(data: bytes, max_pixels: int, max_aspect_ratio: float) -> tuple[Image.
     return image, ImageHeader(str(image.format), image.mode, width, height)
 
 
-def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> ImageHeader:
-    """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse."""
+# The JPEG fast path: libjpeg-turbo through simplejpeg (its TurboJPEG API), for JPEGs it can vouch for; the same
+# libjpeg does the work under PIL, so the pixels are the PIL path's, bit for bit (default DCT and upsampling;
+# tests/gateway/processing/test_images.py checks a corpus). It skips PIL's Python-level header parse (tens of
+# microseconds on the event loop per image request) and its decode overhead. Anything it is not sure about
+# (other formats, 12-bit, lossless or arithmetic coding, CMYK, several frames (MPO), an EXIF orientation it
+# cannot read plainly, an XMP orientation, any limit exceeded, any libjpeg warning) goes through the PIL path,
+# so every refusal and error is the PIL path's own.
+_SOI = b"\xff\xd8\xff"
+_FAST_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended and progressive Huffman-coded DCT
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker (not DHT, JPG, DAC)
+_SOS = 0xDA
+_MAX_SEGMENTS = 64  # segments before the first scan; a camera's JPEG has about ten
+_MODES_BY_COMPONENTS = {1: "L", 3: "RGB", 4: "CMYK"}  # as PIL names them
+_FAST_COLORSPACES = frozenset({"YCbCr", "RGB", "Gray"})
+_EXIF_PREFIX = b"Exif\x00\x00"
+_XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+_MPF_PREFIX = b"MPF\x00"
+_SHORT = 3  # TIFF field type
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}  # bytes a value
+_IFD_ENTRY_II = struct.Struct("<HHLL")  # tag, type, count, value or offset
+_IFD_ENTRY_MM = struct.Struct(">HHLL")
+_SEGMENT = struct.Struct(">BBH")  # 0xFF, marker, length
+_FRAME = struct.Struct(">BHHB")  # start of frame: precision, height, width, components
+_NO_ORIENTATION = 0
+
+
+class _Jpeg(NamedTuple):  # a NamedTuple: built in a fraction of a frozen dataclass's time
+    """What the fast path read from a JPEG's markers and libjpeg's header.
+
+    Args:
+        header: as :func:`read_header` gives it.
+        colorspace: libjpeg's colorspace (``YCbCr``, ``RGB``, ``Gray``, ``CMYK``, ``YCCK``).
+        orientation: the EXIF orientation, ``_NO_ORIENTATION`` where there is none.
+    """
+
+    header: ImageHeader
+    colorspace: str
+    orientation: int
+
+
+def _exif_orientation(data: bytes, start: int, end: int) -> int | None:
+    """The orientation in IFD0 of the TIFF structure ``data[start:end]`` (an APP1 Exif payload), as PIL's
+    ``getexif()`` reads it; ``_NO_ORIENTATION`` when absent; None when not plainly well formed (PIL decides).
+
+    PIL reads IFD0's entries in order, keeps the first of a tag, and stops at the first whose out-of-line
+    value lies past the end: every entry before the orientation must be of a known type with its value
+    inside the data.
+    """
+    if end - start < 8:
+        return None
+    byte_order = data[start : start + 4]
+    if byte_order == b"II*\x00":
+        entry_format, offset_format = _IFD_ENTRY_II, "<L"
+    elif byte_order == b"MM\x00*":
+        entry_format, offset_format = _IFD_ENTRY_MM, ">L"
+    else:
+        return None
+    ifd = start + struct.unpack_from(offset_format, data, start + 4)[0]
+    if ifd + 2 > end:
+        return None
+    count = struct.unpack_from(offset_format[0] + "H", data, ifd)[0]
+    if ifd + 2 + 12 * count > end:
+        return None
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        tag, kind, values, offset = entry_format.unpack_from(data, entry)
+        if tag == _EXIF_ORIENTATION:
+            if kind != _SHORT or values != 1:
+                return None
+            return struct.unpack_from(offset_format[0] + "H", data, entry + 8)[0]
+        unit = _TIFF_TYPE_SIZES.get(kind)
+        if unit is None or (unit * values > 4 and start + offset + unit * values > end):
+            return None
+    return _NO_ORIENTATION
+
+
+def _scan_jpeg(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, components, EXIF orientation) from the segments before the first scan of an
+    8-bit Huffman DCT JPEG; None for anything else, or anything unusual (PIL decides)."""
+    frame = None
+    orientation = _NO_ORIENTATION
+    exif = xmp = False
+    i, size = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        if i + 4 > size:
+            return None  # truncated
+        prefix, marker, length = _SEGMENT.unpack_from(data, i)
+        if prefix != 0xFF:
+            return None  # fill bytes, junk: not for the fast path
+        if marker == _SOS:
+            break
+        end = i + 2 + length
+        if length < 2 or end > size or 0xD0 <= marker <= 0xD9 or marker in (0x01, 0xFF):
+            return None  # a standalone marker, a bad length
+        if marker in _SOF:
+            if frame is not None or marker not in _FAST_SOF or length < 8:
+                return None
+            precision, height, width, components = _FRAME.unpack_from(data, i + 4)
+            if precision != 8:
+                return None
+            frame = (width, height, components)
+        elif marker == 0xE1 and data.startswith(_EXIF_PREFIX, i + 4):
+            found = _exif_orientation(data, i + 4 + len(_EXIF_PREFIX), end)
+            if exif or found is None:
+                return None  # PIL joins several Exif segments: not for the fast path
+            exif, orientation = True, found
+        elif marker == 0xE1 and data.startswith(_XMP_PREFIX, i + 4):
+            xmp = True
+        elif marker == 0xE2 and data.startswith(_MPF_PREFIX, i + 4):
+            return None  # several frames: PIL opens it as MPO
+        i = end
+    else:
+        return None
+    if frame is None or (xmp and orientation == _NO_ORIENTATION):
+        return None  # PIL takes the orientation from XMP when EXIF has none
+    return (*frame, orientation)
+
+
+def _fast_jpeg(data: bytes, max_pixels: int, max_aspect_ratio: float) -> _Jpeg | None:
+    """The fast path's reading of a JPEG within every limit; None: the PIL path decides."""
+    if not data.startswith(_SOI):
+        return None
+    scanned = _scan_jpeg(data)
+    if scanned is None:
+        return None
+    width, height, components, orientation = scanned
+    mode = _MODES_BY_COMPONENTS.get(components)
+    pixels = width * height
+    bomb = Image.MAX_IMAGE_PIXELS  # past it PIL warns or refuses: its path decides
+    if (
+        mode is None
+        or pixels < 1
+        or pixels > max_pixels
+        or (bomb is not None and pixels > bomb)
+        or (max_aspect_ratio and max(width, height) > max_aspect_ratio * min(width, height))
+    ):
+        return None
+    try:
+        tj_height, tj_width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=True)
+    except (ValueError, RuntimeError, KeyError):  # libjpeg's errors and warnings (strict)
+        return None
+    if (tj_width, tj_height) != (width, height) or (colorspace == "Gray") != (components == 1):
+        return None
+    return _Jpeg(ImageHeader("JPEG", mode, width, height), colorspace, orientation)
+
+
+def _draft_denominator(width: int, height: int, factor: float) -> int | None:
+    """The DCT scaling 1/N that PIL's ``draft`` picks in :func:`load_scaled`; None where PIL would fail."""
+    if factor > 0.5:
+        return 1
+    wanted_w, wanted_h = math.ceil(width * factor), math.ceil(height * factor)
+    if wanted_w < 1 or wanted_h < 1:
+        return None
+    ratio = min(width // wanted_w, height // wanted_h)
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
+
+
+# ImageOps.exif_transpose's transpositions by EXIF orientation (load_scaled), and their numpy equivalents.
+_TRANSPOSE: dict[object, Image.Transpose] = {  # keyed as PIL reads the tag: any value
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise)
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
+}
+
+
+def _fast_jpeg_scaled(
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float,
+    scale: Callable[[int, int], float] | None,
+    pil: bool = False,
+) -> tuple[np.ndarray | Image.Image, tuple[int, int]] | None:
+    """What :func:`load_scaled` gives, for a JPEG the fast path takes, as an RGB [H, W, 3] or grey [H, W]
+    uint8 array, or (``pil``) as a PIL image in mode RGB or L (PIL holds RGB as RGBX: decoded as RGBX, the
+    image is a plain copy, where an RGB array's would be repacked, twice the CPU); None: use
+    :func:`load_scaled`."""
+    jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
+    if jpeg is None or jpeg.colorspace not in _FAST_COLORSPACES:
+        return None
+    width, height = jpeg.header.width, jpeg.header.height
+    denominator = _draft_denominator(width, height, scale(width, height) if scale is not None else 1.0)
+    if denominator is None:
+        return None
+    out_w, out_h = -(-width // denominator), -(-height // denominator)
+    # TurboJPEG takes the smallest of its scalings M/8 (M = 1..8) that gives at least the size asked for: that
+    # is PIL's 1/N unless (M - 1)/8 gives the same size (tiny images), which would decode differently.
+    smaller = 8 // denominator - 1
+    if smaller and -(-width * smaller // 8) == out_w and -(-height * smaller // 8) == out_h:
+        return None
+    grey = jpeg.colorspace == "Gray"
+    colorspace = "GRAY" if grey else "RGBX" if pil else "RGB"
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace, min_width=out_w, min_height=out_h, strict=True)
+    except (ValueError, RuntimeError, KeyError):  # corrupt or truncated data, libjpeg warnings (strict)
+        return None
+    if array.shape[:2] != (out_h, out_w):
+        return None
+    if grey:
+        array = array[..., 0]
+    full = (height, width) if jpeg.orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+    method = _TRANSPOSE.get(jpeg.orientation)
+    if pil:
+        # At most two copies at once (the budget's bound, ``ImageHeader.decode_bytes``), as in the PIL path.
+        image = Image.fromarray(array) if grey else Image.frombytes("RGB", array.shape[1::-1], array, "raw", "RGBX")
+        del array
+        return (image if method is None else image.transpose(method)), full
+    if method is not None:
+        array = np.ascontiguousarray(_ORIENT[jpeg.orientation](array))
+    return array, full
+
+
+def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:
+    """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse.
+    ``fast_jpeg``: a JPEG's header read by libjpeg-turbo directly (the same answer, a few microseconds
+    instead of PIL's tens)."""
+    if fast_jpeg:
+        jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
+        if jpeg is not None:
+            return jpeg.header
     return _open(data, max_pixels, max_aspect_ratio)[1]
 
 
@@ -122,11 +354,16 @@ def load_scaled(
     image, header = _open(data, max_pixels, max_aspect_ratio)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
-        transposed = image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS
+        orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
+        transposed = orientation in _TRANSPOSING_ORIENTATIONS
         if header.format == "JPEG" and factor <= 0.5:
             image.draft(None, (math.ceil(header.width * factor), math.ceil(header.height * factor)))
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # without in_place it copies even an upright image
+        method = _TRANSPOSE.get(orientation)
+        if method is not None:
+            # exif_transpose's rotation alone: it would also rewrite the EXIF (of no use here), which raises
+            # TypeError or struct.error on some corrupt ones (a 500).
+            image = image.transpose(method)
         if image.mode not in ("RGB", "L"):
             image = image.convert("L" if image.mode == "1" else "RGB")
     except Image.DecompressionBombError as exc:
@@ -135,6 +372,22 @@ def load_scaled(
         raise InvalidImage(f"cannot decode image: {exc}") from exc
     full = (header.height, header.width) if transposed else (header.width, header.height)
     return image, full
+
+
+def _load_scaled(
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float,
+    scale: Callable[[int, int], float] | None,
+    fast_jpeg: bool,
+    pil: bool = False,
+) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
+    """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
+    if fast_jpeg:
+        fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil)
+        if fast is not None:
+            return fast
+    return load_scaled(data, max_pixels, max_aspect_ratio, scale)
 
 
 def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> np.ndarray:
@@ -230,12 +483,14 @@ def detect_input(
     pad_value: int = LETTERBOX_PAD,
     reduced_decode: bool = True,
     out: np.ndarray | None = None,
+    fast_jpeg: bool = True,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
-    it 2x or more and ``reduced_decode``) and letterbox to ``size`` (into ``out`` when given, see
-    :func:`letterbox`). The served path and every reference use this."""
+    it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the same pixels)
+    and letterbox to ``size`` (into ``out`` when given, see :func:`letterbox`). The served path and every
+    reference use this."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
-    image, full = load_scaled(data, max_pixels, max_aspect_ratio, scale)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg)
     return letterbox(image, size, pad_value, full, out)
 
 
@@ -261,11 +516,18 @@ def resize_center_crop(
 
 
 def classify_input(
-    data: bytes, max_pixels: int, max_aspect_ratio: float, resize: int, crop: int, reduced_decode: bool = True
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float,
+    resize: int,
+    crop: int,
+    reduced_decode: bool = True,
+    fast_jpeg: bool = True,
 ) -> np.ndarray:
     """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
-    shrinks it 2x or more and ``reduced_decode``), resize the shorter side to ``resize`` and
-    centre-crop ``crop``. The served path and every reference use this."""
+    shrinks it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the
+    same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
+    every reference use this."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = load_scaled(data, max_pixels, max_aspect_ratio, scale)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, pil=True)
     return resize_center_crop(image, resize, crop, full)

@@ -152,6 +152,7 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
     @contextlib.asynccontextmanager
     async def admitted(self, request: ImageQueryT) -> AsyncIterator[None]:
         """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
-        header = read_header(request.image, self.settings.max_image_pixels, self.settings.max_image_aspect_ratio)
+        s = self.settings
+        header = read_header(request.image, s.max_image_pixels, s.max_image_aspect_ratio, s.fast_jpeg)
         async with self.budget.reserve(header.decode_bytes):
             yield

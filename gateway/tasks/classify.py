@@ -45,6 +45,7 @@ class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]
             s.classify_resize,
             self.crop,
             s.reduced_decode,
+            s.fast_jpeg,
         )
         return crop[None]
 

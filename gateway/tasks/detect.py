@@ -120,6 +120,7 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             self.img_size,
             reduced_decode=s.reduced_decode,
             out=out,
+            fast_jpeg=s.fast_jpeg,
         )
         return DetectFeatures(canvas[None], box, region)
 

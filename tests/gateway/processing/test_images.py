@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import pathlib
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape
+from gateway.errors import GatewayError, InvalidImage, PayloadTooLarge, UnsupportedImageShape
+from gateway.processing import images
 from gateway.processing.images import (
     classify_input,
     decode_bytes_per_pixel,
@@ -177,3 +181,260 @@ def test_letterbox_into_a_given_array_equals_a_new_canvas(shape: tuple[int, ...]
     got, got_box = letterbox(image, 320, out=out)
     assert got is out and got_box == box
     np.testing.assert_array_equal(got, expected)
+
+
+# The JPEG fast path (libjpeg-turbo through simplejpeg) against the PIL path it replaces: the same pixels, bit
+# for bit, and the same refusals.
+_ROOT = pathlib.Path(__file__).resolve().parents[3]
+_MAX = 10**8
+
+
+def _astronaut_jpeg(size: tuple[int, int] | None = None, mode: str = "RGB", orientation: int = 1, **save: Any) -> bytes:
+    """scikit-image's astronaut (resized to ``size``, converted to ``mode``) as a JPEG, quality 90 unless
+    ``save`` says otherwise, with an EXIF orientation unless it is 1."""
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())
+    if size is not None:
+        photo = photo.resize(size, Image.Resampling.BICUBIC)
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif.tobytes()
+    return _encode(photo.convert(mode), "JPEG", **{"quality": 90, **save})
+
+
+_FAST_CORPUS = {
+    "benchmark-512": _astronaut_jpeg(),  # benchmarks/loadgen.py::jpeg_512
+    "examples-astronaut": (_ROOT / "examples" / "astronaut.jpg").read_bytes(),
+    "444": _astronaut_jpeg((640, 480), subsampling=0),
+    "422": _astronaut_jpeg((640, 480), subsampling=1),
+    "420": _astronaut_jpeg((640, 480), subsampling=2),
+    "progressive": _astronaut_jpeg((480, 640), progressive=True),
+    "optimized-q75": _astronaut_jpeg((600, 400), quality=75, optimize=True),
+    "grey": _astronaut_jpeg((640, 480), "L"),
+    "grey-progressive": _astronaut_jpeg((333, 517), "L", progressive=True),
+    "odd-333x517": _astronaut_jpeg((333, 517)),
+    "odd-517x333-444": _astronaut_jpeg((517, 333), subsampling=0),
+    "odd-1001x77-progressive": _astronaut_jpeg((1001, 77), progressive=True),
+    "rgb-colorspace": _astronaut_jpeg((640, 480), keep_rgb=True),
+    "restart-markers": _astronaut_jpeg((640, 480), restart_marker_blocks=3),
+    **{f"exif-{o}": _astronaut_jpeg((333, 517), orientation=o) for o in range(1, 9)},
+    "exif-6-grey-422": _astronaut_jpeg((517, 333), "L", orientation=6),
+    "exif-8-progressive": _astronaut_jpeg((517, 333), orientation=8, progressive=True, subsampling=1),
+}
+
+
+def _outcome(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What ``function`` gives, or the class and message of what it raises."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:  # every outcome is compared, errors included
+        return type(exc), str(exc)
+
+
+def _assert_same(fast: Any, pil: Any) -> None:
+    if isinstance(pil, tuple) and len(pil) == 2 and isinstance(pil[0], type):
+        assert fast == pil  # the same error
+    elif isinstance(pil, np.ndarray):
+        np.testing.assert_array_equal(fast, pil)
+    elif isinstance(pil, tuple):  # detect_input's (canvas, box)
+        np.testing.assert_array_equal(fast[0], pil[0])
+        assert fast[1] == pil[1]
+    else:
+        assert fast == pil
+
+
+def _same_everywhere(data: bytes, max_pixels: int = _MAX, max_aspect_ratio: float = 0.0) -> None:
+    """read_header, classify_input and detect_input at several scales: fast path == PIL path."""
+    limits = (data, max_pixels, max_aspect_ratio)
+    _assert_same(_outcome(read_header, *limits), _outcome(read_header, *limits, fast_jpeg=False))
+    for resize in (320, 64, 24):
+        fast = _outcome(classify_input, *limits, resize, 16)
+        _assert_same(fast, _outcome(classify_input, *limits, resize, 16, fast_jpeg=False))
+    for size in (640, 128, 32):
+        _assert_same(_outcome(detect_input, *limits, size), _outcome(detect_input, *limits, size, fast_jpeg=False))
+
+
+@pytest.mark.parametrize("denominator", [1, 2, 4, 8])
+@pytest.mark.parametrize("name", list(_FAST_CORPUS))
+def test_the_jpeg_fast_path_equals_the_pil_path_bit_for_bit(name: str, denominator: int) -> None:
+    """Each corpus JPEG at each DCT scale (1, 1/2, 1/4, 1/8) and EXIF orientation: the fast path takes it
+    and decodes exactly what PIL's ``draft`` + ``load`` + ``exif_transpose`` give; classify_input and
+    detect_input (the served and the bare path) are then equal too."""
+    data = _FAST_CORPUS[name]
+    header = read_header(data, _MAX, fast_jpeg=False)
+    assert read_header(data, _MAX) == header and header.format == "JPEG"
+    resize = min(header.width, header.height) // denominator
+    scale = lambda w, h: resize / min(w, h)  # noqa: E731  (classify_input's)
+
+    fast = images._fast_jpeg_scaled(data, _MAX, 0.0, scale)
+    assert fast is not None, "the fast path declined it"
+    image, full = load_scaled(data, _MAX, 0.0, scale)
+    stored = (header.width, header.height)
+    assert full == fast[1] == (stored[::-1] if name.startswith("exif-") and int(name[5]) >= 5 else stored)
+    assert image.size == (-(-full[0] // denominator), -(-full[1] // denominator))  # this scale was tested
+    assert isinstance(fast[0], np.ndarray) and fast[0].dtype == np.uint8 and fast[0].flags.c_contiguous
+    np.testing.assert_array_equal(fast[0], np.asarray(image))
+    as_pil = images._fast_jpeg_scaled(data, _MAX, 0.0, scale, pil=True)  # what classify_input resizes
+    assert as_pil is not None and isinstance(as_pil[0], Image.Image) and as_pil[1] == full
+    assert as_pil[0].mode == image.mode
+    np.testing.assert_array_equal(np.asarray(as_pil[0]), np.asarray(image))
+
+    crop = min(resize, 56)
+    served = classify_input(data, _MAX, 0.0, resize, crop)
+    np.testing.assert_array_equal(served, classify_input(data, _MAX, 0.0, resize, crop, fast_jpeg=False))
+    size = max(header.width, header.height) // denominator
+    canvas, box = detect_input(data, _MAX, 0.0, size)
+    reference, reference_box = detect_input(data, _MAX, 0.0, size, fast_jpeg=False)
+    np.testing.assert_array_equal(canvas, reference)
+    assert box == reference_box
+
+
+def _xmp(orientation: int) -> bytes:
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="'
+        + str(orientation).encode()
+        + b'"/></rdf:RDF></x:xmpmeta>'
+    )
+
+
+def _with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """``jpeg`` with one more segment right after SOI."""
+    return jpeg[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def _exif_payload(order: bytes, entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """An APP1 Exif payload with one IFD0 of (tag, type, count, 4-byte value) entries, byte order ``II`` or ``MM``."""
+    endian: Literal["little", "big"] = "little" if order == b"II" else "big"
+    tiff = order + (42).to_bytes(2, endian) + (8).to_bytes(4, endian) + len(entries).to_bytes(2, endian)
+    for tag, kind, count, value in entries:
+        tiff += tag.to_bytes(2, endian) + kind.to_bytes(2, endian) + count.to_bytes(4, endian) + value
+    return b"Exif\x00\x00" + tiff + bytes(4)
+
+
+def _mpo() -> bytes:
+    buffer = io.BytesIO()
+    first = Image.fromarray(_RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    first.save(buffer, "MPO", save_all=True, append_images=[first.rotate(90)])
+    return buffer.getvalue()
+
+
+_PLAIN = _astronaut_jpeg((96, 64))
+_DECLINED = {
+    "cmyk": _astronaut_jpeg((96, 64), "CMYK"),
+    "xmp-orientation-6": _astronaut_jpeg((96, 64), xmp=_xmp(6)),
+    "exif-orientation-as-long": _with_segment(
+        _PLAIN, 0xE1, _exif_payload(b"MM", [(0x0112, 4, 1, bytes([0, 0, 0, 6]))])
+    ),
+    "two-exif-segments": _with_segment(_FAST_CORPUS["exif-6"], 0xE1, _exif_payload(b"II", [])),
+    "exif-ifd-past-the-end": _with_segment(_PLAIN, 0xE1, b"Exif\x00\x00II*\x00\xff\x00\x00\x00"),
+    "exif-not-tiff": _with_segment(_PLAIN, 0xE1, b"Exif\x00\x00XX*\x00\x08\x00\x00\x00"),
+    "mpo": _mpo(),
+    "1x1": _astronaut_jpeg((1, 1)),
+    "5x3": _astronaut_jpeg((5, 3)),
+    "truncated-header": _PLAIN[:200],
+    "truncated-scan": _PLAIN[: len(_PLAIN) // 2],
+    "png-in-disguise": b"\xff\xd8\xff" + _MODES["rgb-png"],
+}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # PIL's, for exif-ifd-past-the-end
+@pytest.mark.parametrize("name", list(_DECLINED))
+def test_what_the_jpeg_fast_path_declines_goes_through_pil_with_the_same_outcome(name: str) -> None:
+    """CMYK, an orientation only in XMP, an EXIF orientation it cannot read plainly, several frames (MPO,
+    refused 415), images so small a coarser DCT scale gives the same size, corrupt data: PIL decides, so
+    results and refusals (their class and message) are the PIL path's."""
+    data = _DECLINED[name]
+    declined = _outcome(images._fast_jpeg_scaled, data, _MAX, 0.0, lambda w, h: 0.5)
+    assert declined is None
+    _same_everywhere(data)
+
+
+def test_the_jpeg_fast_path_reads_what_it_can_of_an_exif_orientation() -> None:
+    """SHORT orientations in either byte order are read (and applied: equal to PIL); one only in XMP, or
+    none at all with XMP present, is PIL's to read."""
+    for order, value in ((b"II", bytes([6, 0, 0, 0])), (b"MM", bytes([0, 6, 0, 0]))):
+        data = _with_segment(_PLAIN, 0xE1, _exif_payload(order, [(0x0110, 2, 4, b"abc\x00"), (0x0112, 3, 1, value)]))
+        fast = images._fast_jpeg_scaled(data, _MAX, 0.0, None)
+        assert fast is not None and fast[1] == (64, 96)
+        _same_everywhere(data)
+    both = _astronaut_jpeg((96, 64), orientation=3, xmp=_xmp(6))  # EXIF wins over XMP, as in PIL
+    assert images._fast_jpeg_scaled(both, _MAX, 0.0, None) is not None
+    _same_everywhere(both)
+
+
+def test_the_jpeg_fast_path_refuses_nothing_itself() -> None:
+    """Every limit exceeded goes through PIL's path: the same 413/422 and message."""
+    data = _FAST_CORPUS["odd-333x517"]
+    _same_everywhere(data, max_pixels=333 * 517 - 1)
+    _same_everywhere(data, max_aspect_ratio=1.5)
+    _same_everywhere(data, max_pixels=333 * 517, max_aspect_ratio=1.6)
+    with pytest.raises(PayloadTooLarge):
+        read_header(data, 333 * 517 - 1)
+    with pytest.raises(UnsupportedImageShape):
+        classify_input(data, _MAX, 1.5, 256, 224)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, on corrupt EXIF
+@pytest.mark.parametrize("seed", range(8))
+def test_corrupt_jpegs_give_the_pil_paths_outcome(seed: int) -> None:
+    """Random bytes overwritten in the markers and in the scan, and random truncations, of EXIF-rotated
+    and plain JPEGs: whatever the PIL path gives (an image or an error), the fast path gives too."""
+    rng = np.random.default_rng(seed)
+    for source in (_FAST_CORPUS["exif-6"], _PLAIN, _FAST_CORPUS["grey-progressive"]):
+        for _ in range(12):
+            data = bytearray(source)
+            for where in rng.integers(2, 400 if rng.random() < 0.7 else len(data), rng.integers(1, 4)):
+                data[where] = int(rng.integers(0, 256))
+            if rng.random() < 0.2:
+                data = data[: rng.integers(2, len(data))]
+            _same_everywhere(bytes(data))
+
+
+def _camera_exif_jpeg() -> bytes:
+    """A small rotated JPEG (orientation 6) with a camera-like EXIF: IFD0 text and rational tags, an Exif
+    IFD and a GPS IFD."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Camera Maker"
+    exif[0x011A] = 72.0
+    exif[0x0131] = "firmware 1.0"
+    exif.get_ifd(0x8769).update({0x9003: "2024:01:01 00:00:00", 0x829A: 0.01})
+    exif.get_ifd(0x8825).update({1: "N", 2: (1.0, 2.0, 3.0)})
+    return _encode(Image.open(io.BytesIO(_PLAIN)), "JPEG", quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's, on the corrupt EXIF
+def test_a_corrupt_exif_of_a_rotated_jpeg_is_rotated_the_same_both_ways_never_a_500() -> None:
+    """Random bytes in a camera-like EXIF of a rotated JPEG: both paths give the same outcome, and it is
+    an image or a 4xx, never an error of another kind (``ImageOps.exif_transpose`` also rewrote the EXIF,
+    which raised TypeError or struct.error on some of these: a 500; the rotation alone is applied now)."""
+    source = _camera_exif_jpeg()
+    start = source.find(b"Exif\x00\x00") + 6
+    end = start + int.from_bytes(source[start - 8 : start - 6], "big") - 8
+    rng = np.random.default_rng(7)
+    taken = 0
+    for _ in range(300):
+        data = bytearray(source)
+        for where in rng.integers(start, end, rng.integers(1, 4)):
+            data[where] = int(rng.integers(0, 256))
+        corrupt = bytes(data)
+        taken += images._fast_jpeg_scaled(corrupt, _MAX, 0.0, None) is not None
+        pil = _outcome(classify_input, corrupt, _MAX, 0.0, 48, 32, fast_jpeg=False)
+        assert not isinstance(pil, tuple) or issubclass(pil[0], GatewayError), pil
+        _assert_same(_outcome(classify_input, corrupt, _MAX, 0.0, 48, 32), pil)
+    assert taken > 200  # the fast path read most of them
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_scaled_rotates_as_exif_transpose_does(orientation: int) -> None:
+    """The PIL path applies the rotation itself (no EXIF rewrite): the same pixels as ``ImageOps.exif_transpose``."""
+    from PIL import ImageOps
+
+    data = _FAST_CORPUS[f"exif-{orientation}"]
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    image, full = load_scaled(data, _MAX, 0.0)
+    assert full == expected.size == image.size
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
