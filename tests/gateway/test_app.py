@@ -160,3 +160,25 @@ def test_start_up_freezes_what_it_built_out_of_the_collector(fake: FakeTritonGrp
     with TestClient(app):
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0  # shut down: collectable again
+
+
+def test_routing_answers_of_the_flat_routes(app_client: TestClient) -> None:
+    """The routers' routes sit directly in the app's router (gateway.app): matching answers as FastAPI's did."""
+    from fastapi.routing import APIRoute
+
+    from gateway.routes import classify, detect, health, qa
+
+    app_routes = app_client.app.router.routes  # type: ignore[attr-defined]
+    for module in (qa, detect, classify, health):
+        assert all(route in app_routes and isinstance(route, APIRoute) for route in module.router.routes)
+    wrong_method = app_client.get("/qa")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": {"code": "http_error", "message": "Method Not Allowed"}}
+    unknown = app_client.get("/nope")
+    assert unknown.status_code == 404 and unknown.json() == {"error": {"code": "http_error", "message": "Not Found"}}
+    slash = app_client.get("/healthz/", follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"] == "http://testserver/healthz"
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    metrics = app_client.get("/metrics").text
+    assert 'gateway_requests_total{route="/qa",status="405"} 1.0' in metrics
+    assert 'gateway_requests_total{route="unmatched",status="404"} 1.0' in metrics
