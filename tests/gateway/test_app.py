@@ -182,3 +182,35 @@ def test_routing_answers_of_the_flat_routes(app_client: TestClient) -> None:
     metrics = app_client.get("/metrics").text
     assert 'gateway_requests_total{route="/qa",status="405"} 1.0' in metrics
     assert 'gateway_requests_total{route="unmatched",status="404"} 1.0' in metrics
+
+
+def test_fastapis_own_opentelemetry_stays_off(fake: FakeTritonGrpc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway.app turns FastAPI's native OpenTelemetry off: even a configured provider is never asked.
+
+    The control (a plain FastAPI app asks it) fails when FastAPI changes how it finds the provider, so an
+    upgrade cannot silently make the gateway's setting meaningless.
+    """
+    from fastapi import FastAPI
+    from opentelemetry import trace
+
+    asked: list[str] = []
+
+    class RecordingProvider(trace.TracerProvider):
+        def get_tracer(self, instrumenting_module_name: str, *args: object, **kwargs: object) -> trace.Tracer:
+            asked.append(instrumenting_module_name)
+            return trace.NoOpTracer()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", RecordingProvider)  # as if an SDK had configured one
+    plain = FastAPI()
+    plain.get("/ping")(lambda: "pong")
+    with TestClient(plain) as client:
+        assert client.get("/ping").status_code == 200
+    assert asked, "FastAPI no longer asks the global tracer provider: re-check gateway.app's telemetry setting"
+
+    asked.clear()
+    settings = Settings(model_repository=ROOT / "triton_repo", health_probe_interval_s=0, _env_file=None)  # type: ignore[call-arg]
+    app = create_app(settings, triton_client=lambda: TritonClient.from_settings(settings, grpc_client=fake))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/qa", json={"question": "Who?", "context": "Ada wrote it."}).status_code == 200
+    assert asked == []
