@@ -142,7 +142,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
     # The routers' routes go straight into the app's router. ``app.include_router`` would wrap each
     # router in FastAPI's ``_IncludedRouter``, which matches a request once to select the router and
     # again to select its route: about 20 us of gateway CPU per /qa request, 25 us per /healthz
-    # (benchmarks.md, "Per-request Python path"). Nothing is lost: these routers have no prefix,
+    # (docs/benchmarks.md, "What sets the gateway's CPU"). Nothing is lost: these routers have no prefix,
     # dependencies or include options, and their tags are on their routes already. (Not carried over:
     # ``app.dependency_overrides``, which the gateway does not use; tests use the Triton client seam.)
     for module in (qa, detect, classify, health):
