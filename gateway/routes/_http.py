@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from gateway import multipart
 from gateway.catalog import ModelInfo
@@ -93,3 +94,16 @@ def set_model_headers(response: Response, model: ModelInfo) -> None:
     """``X-Model-Name`` and ``X-Model-Weights`` (``untrained`` means outputs are not meaningful)."""
     response.headers["X-Model-Name"] = model.name
     response.headers["X-Model-Weights"] = model.weights
+
+
+def model_response(content: BaseModel, model: ModelInfo) -> Response:
+    """The 200 answer: ``content`` as JSON, with the model headers of :func:`set_model_headers`.
+
+    The same bytes and headers FastAPI sends for a route returning ``content`` under its
+    ``response_model`` (``content`` was validated when it was built; its own serializer writes the
+    JSON), without FastAPI's second validation and its response assembly. The route keeps
+    ``response_model=`` for the OpenAPI schema.
+    """
+    response = Response(content.__pydantic_serializer__.to_json(content), media_type="application/json")
+    set_model_headers(response, model)
+    return response

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from gateway.deps import services_of, settings_of
 from gateway.labels import coco
-from gateway.routes._http import IMAGE_BODY, error_responses, image_upload, read_upload, set_model_headers
+from gateway.routes._http import IMAGE_BODY, error_responses, image_upload, model_response, read_upload
 from gateway.schemas import Detection, DetectResponse, ImageSize
 from gateway.tasks.detect import DetectQuery
 
@@ -16,13 +16,12 @@ router = APIRouter(tags=["detect"])
 @router.post("/detect", response_model=DetectResponse, responses=error_responses(404, 415), openapi_extra=IMAGE_BODY)
 async def detect_objects(
     request: Request,
-    response: Response,
     conf_threshold: Annotated[float | None, Query(gt=0.0, lt=1.0)] = None,
     iou_threshold: Annotated[float | None, Query(gt=0.0, le=1.0)] = None,
     model: Annotated[
         str | None, Query(description="nanodet (pretrained, the default) or yolov5n; GET /models lists them")
     ] = None,
-) -> DetectResponse:
+) -> Response:
     """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
     services, settings = services_of(request), settings_of(request)
     upload = await image_upload(request, settings.max_form_parts)  # the body is documented by IMAGE_BODY
@@ -30,9 +29,8 @@ async def detect_objects(
     data = read_upload(upload, settings.max_upload_bytes)
     result = await task(DetectQuery(data, conf_threshold, iou_threshold))
     detections = result.detections
-    set_model_headers(response, task.model)
     names = coco()
-    return DetectResponse(
+    content = DetectResponse(
         detections=[
             Detection(box=tuple(float(v) for v in b), score=float(s), class_id=int(c), label=names[int(c)])  # type: ignore[arg-type]
             for b, s, c in zip(detections.boxes, detections.scores, detections.classes)
@@ -40,3 +38,4 @@ async def detect_objects(
         image=ImageSize.model_validate(result, from_attributes=True),
         model=task.model,
     )
+    return model_response(content, task.model)

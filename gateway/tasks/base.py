@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -67,6 +68,18 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         # Where preprocess and postprocess run: the app's bounded pool (``Services``); None: the loop's default.
         self.executor: concurrent.futures.Executor | None = None
 
+    @functools.cached_property
+    def _series(self) -> tuple[Any, Any, Any, Any]:
+        """This task's labelled metric children (preprocess, inference, postprocess, batch rows),
+        resolved once: ``labels()`` validates its arguments and takes a lock on every call."""
+        m, task, model = self.metrics, self.task, self.model.name
+        return (
+            m.preprocess.labels(task),
+            m.inference.labels(task, model),
+            m.postprocess.labels(task),
+            m.batch_rows.labels(model),
+        )
+
     def bind(self, io: ModelIO) -> None:
         """Take the model's tensor sizes (before serving); :class:`ShapeMismatch` when a setting disagrees."""
         self.io = io
@@ -94,15 +107,16 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         yield
 
     async def __call__(self, request: RequestT) -> ResultT:
+        preprocess_s, inference_s, postprocess_s, _ = self._series
         async with self.admitted(request):
-            with self.metrics.preprocess.labels(self.task).time():
+            with preprocess_s.time():
                 if self.inline_preprocess(request):
                     features = self.preprocess(request)
                 else:
                     features = await in_thread(self.executor, self.preprocess, request)
-        with self.metrics.inference.labels(self.task, self.model.name).time():
+        with inference_s.time():
             outputs = await self.infer(features)
-        with self.metrics.postprocess.labels(self.task).time():
+        with postprocess_s.time():
             if self.inline_postprocess(request, features):
                 return self.postprocess(request, features, outputs)
             return await in_thread(self.executor, self.postprocess, request, features, outputs)
@@ -110,7 +124,7 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
     async def _infer_rows(
         self, inputs: dict[str, np.ndarray], outputs: list[str], placed: dict[str, Region] | None = None
     ) -> dict[str, np.ndarray]:
-        self.metrics.batch_rows.labels(self.model.name).observe(len(next(iter(inputs.values()))))
+        self._series[3].observe(len(next(iter(inputs.values()))))
         return await self.client.infer(self.model.name, inputs, outputs, placed)
 
     async def close(self) -> None:

@@ -160,3 +160,57 @@ def test_start_up_freezes_what_it_built_out_of_the_collector(fake: FakeTritonGrp
     with TestClient(app):
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0  # shut down: collectable again
+
+
+def test_routing_answers_of_the_flat_routes(app_client: TestClient) -> None:
+    """The routers' routes sit directly in the app's router (gateway.app): matching answers as FastAPI's did."""
+    from fastapi.routing import APIRoute
+
+    from gateway.routes import classify, detect, health, qa
+
+    app_routes = app_client.app.router.routes  # type: ignore[attr-defined]
+    for module in (qa, detect, classify, health):
+        assert all(route in app_routes and isinstance(route, APIRoute) for route in module.router.routes)
+    wrong_method = app_client.get("/qa")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": {"code": "http_error", "message": "Method Not Allowed"}}
+    unknown = app_client.get("/nope")
+    assert unknown.status_code == 404 and unknown.json() == {"error": {"code": "http_error", "message": "Not Found"}}
+    slash = app_client.get("/healthz/", follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"] == "http://testserver/healthz"
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    metrics = app_client.get("/metrics").text
+    assert 'gateway_requests_total{route="/qa",status="405"} 1.0' in metrics
+    assert 'gateway_requests_total{route="unmatched",status="404"} 1.0' in metrics
+
+
+def test_fastapis_own_opentelemetry_stays_off(fake: FakeTritonGrpc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway.app turns FastAPI's native OpenTelemetry off: even a configured provider is never asked.
+
+    The control (a plain FastAPI app asks it) fails when FastAPI changes how it finds the provider, so an
+    upgrade cannot silently make the gateway's setting meaningless.
+    """
+    from fastapi import FastAPI
+    from opentelemetry import trace
+
+    asked: list[str] = []
+
+    class RecordingProvider(trace.TracerProvider):
+        def get_tracer(self, instrumenting_module_name: str, *args: object, **kwargs: object) -> trace.Tracer:
+            asked.append(instrumenting_module_name)
+            return trace.NoOpTracer()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", RecordingProvider)  # as if an SDK had configured one
+    plain = FastAPI()
+    plain.get("/ping")(lambda: "pong")
+    with TestClient(plain) as client:
+        assert client.get("/ping").status_code == 200
+    assert asked, "FastAPI no longer asks the global tracer provider: re-check gateway.app's telemetry setting"
+
+    asked.clear()
+    settings = Settings(model_repository=ROOT / "triton_repo", health_probe_interval_s=0, _env_file=None)  # type: ignore[call-arg]
+    app = create_app(settings, triton_client=lambda: TritonClient.from_settings(settings, grpc_client=fake))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/qa", json={"question": "Who?", "context": "Ada wrote it."}).status_code == 200
+    assert asked == []
