@@ -115,6 +115,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
             await services.close()
 
     docs = settings.docs_enabled
+    otel = settings.opentelemetry
     app = FastAPI(
         title="Inference gateway",
         description="BERT QA, YOLOv5n detection and ImageNet classification in front of Triton",
@@ -123,11 +124,11 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
-        # FastAPI's native OpenTelemetry off: unless told so, FastAPI asks the global OpenTelemetry providers
-        # on every request whether one is configured (10-16 us of gateway CPU per request, docs/benchmarks.md).
-        # None is: the gateway ships opentelemetry-api only (FastAPI's dependency), no SDK; its telemetry is
-        # Prometheus and the request-id logs.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        # FastAPI's native OpenTelemetry only when asked for (GATEWAY_OPENTELEMETRY): otherwise FastAPI asks
+        # the global OpenTelemetry providers on every request whether one is configured (10-16 us of gateway
+        # CPU per request, docs/benchmarks.md). The gateway ships opentelemetry-api only (FastAPI's
+        # dependency), no SDK; its own telemetry is Prometheus and the request-id logs.
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
     )
     app.state.settings = settings
     app.state.metrics = metrics

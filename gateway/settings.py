@@ -435,6 +435,14 @@ class Settings(BaseSettings):
             "False: PIL for every image."
         ),
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description=(
+            "FastAPI's native OpenTelemetry instrumentation (traces, metrics and logs through the global "
+            "providers an installed OpenTelemetry SDK configures). Off by default: the gateway ships no SDK, "
+            "and the instrumentation's check for configured providers costs CPU on every request."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:

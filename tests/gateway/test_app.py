@@ -185,7 +185,8 @@ def test_routing_answers_of_the_flat_routes(app_client: TestClient) -> None:
 
 
 def test_fastapis_own_opentelemetry_stays_off(fake: FakeTritonGrpc, monkeypatch: pytest.MonkeyPatch) -> None:
-    """gateway.app turns FastAPI's native OpenTelemetry off: even a configured provider is never asked.
+    """gateway.app turns FastAPI's native OpenTelemetry off unless GATEWAY_OPENTELEMETRY: even a configured
+    provider is never asked.
 
     The control (a plain FastAPI app asks it) fails when FastAPI changes how it finds the provider, so an
     upgrade cannot silently make the gateway's setting meaningless.
@@ -214,3 +215,10 @@ def test_fastapis_own_opentelemetry_stays_off(fake: FakeTritonGrpc, monkeypatch:
         assert client.get("/healthz").status_code == 200
         assert client.post("/qa", json={"question": "Who?", "context": "Ada wrote it."}).status_code == 200
     assert asked == []
+
+    # GATEWAY_OPENTELEMETRY=true: FastAPI's instrumentation is back and asks the configured provider.
+    traced = settings.model_copy(update={"opentelemetry": True})
+    app = create_app(traced, triton_client=lambda: TritonClient.from_settings(traced, grpc_client=fake))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+    assert asked
