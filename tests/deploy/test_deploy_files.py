@@ -211,6 +211,8 @@ def test_dockerignore_keeps_venv_git_and_built_engines_out_of_the_build_context(
         "triton_repo/bert_qa/1/manifest.json",
         "triton_repo/nanodet/1/model.onnx.tmp",
         "deploy/weights/bert.bin",
+        "triton_repo/bert_qa_fp16/config.pbtxt",  # precision variants a local run generated
+        "triton_repo/yolov5n_int8/1/model.py",
     ):
         assert _dockerignored(path, patterns), path
     copied = [
@@ -224,7 +226,10 @@ def test_dockerignore_keeps_venv_git_and_built_engines_out_of_the_build_context(
         str(p.relative_to(ROOT))
         for source in copied
         for p in ([ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith((".onnx", ".json", ".whl"))
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and not p.name.endswith((".onnx", ".json", ".whl"))
+        and not (p.parent.parent.name.endswith(("_fp16", "_int8")) or p.parent.name.endswith(("_fp16", "_int8")))
     ]
     assert "triton_repo/bert_qa/1/model.py" in kept and "deploy/wheelhouse/builder/.keep" in kept
     assert [p for p in kept if _dockerignored(p, patterns)] == []
