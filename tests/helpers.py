@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from types import ModuleType
+from typing import Any
 
 import httpx
 import numpy as np
@@ -284,10 +285,16 @@ def answer_of(response: httpx.Response, request_id: str) -> tuple[int, str | Non
 
 
 @contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+def serve(app: FastAPI, **options: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port in a thread; yields its base URL.
+
+    ``options``: ``uvicorn.Config`` keywords over the defaults (``127.0.0.1``, a free port, log level
+    ``warning``), e.g. ``gateway.server.uvicorn_options(settings)`` for the gateway's own protocol and limits.
+    """
+    config = {"host": "127.0.0.1", "log_level": "warning", **options}
+    if "port" not in config:
+        config["port"] = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -296,7 +303,7 @@ def serve(app: FastAPI) -> Iterator[str]:
         assert thread.is_alive(), "gateway exited"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{config['host']}:{config['port']}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
