@@ -16,19 +16,16 @@ from __future__ import annotations
 import pathlib
 import shutil
 import sys
-import threading
-import time
 import types
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from engine_runtime.engine import EngineError, OnnxRuntimeEngine, load_magicmind
 from gateway import Settings, create_app
 from tests.engine_runtime import fake_magicmind
-from tests.helpers import ROOT, RestartingTriton, free_port, triton_config
+from tests.helpers import ROOT, RestartingTriton, serve, triton_config
 from triton_local import TritonServer
 
 E2E_FIXTURES = frozenset(
@@ -153,18 +150,8 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings) -> Iterator[str]:
     """The gateway served by a real uvicorn on a free port (for out-of-process clients)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from each other or from a conftest).
 * :class:`RestartingTriton`: fresh tritonserver incarnations on fixed ports, and a gateway's settings for them.
 * :func:`run_gateway` / :class:`GatewayProcess` / :func:`gateway_env`: ``python -m gateway`` as a subprocess.
 * :func:`serve`: an app served by a real uvicorn in a thread; :func:`metric_value`: one Prometheus sample.
+* :func:`prometheus_server`: a real Prometheus as a subprocess.
 * :func:`direct_run`, :func:`threshold_for`: the bare-engine side of the served == bare detection tests.
 * ``SHORT``, :func:`direct_answers`: a one-window question and the bare-engine side of the /qa tests.
 * :func:`answer_of`: the status and answer of a /qa response, checked against its request id.
@@ -30,6 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from types import ModuleType
+from typing import Any
 
 import httpx
 import numpy as np
@@ -284,10 +286,16 @@ def answer_of(response: httpx.Response, request_id: str) -> tuple[int, str | Non
 
 
 @contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+def serve(app: FastAPI, **options: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port in a thread; yields its base URL.
+
+    ``options``: ``uvicorn.Config`` keywords over the defaults (``127.0.0.1``, a free port, log level
+    ``warning``), e.g. ``gateway.server.uvicorn_options(settings)`` for the gateway's own protocol and limits.
+    """
+    config = {"host": "127.0.0.1", "log_level": "warning", **options}
+    if "port" not in config:
+        config["port"] = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -296,10 +304,36 @@ def serve(app: FastAPI) -> Iterator[str]:
         assert thread.is_alive(), "gateway exited"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{config['host']}:{config['port']}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def prometheus_server(config: str, workdir: pathlib.Path) -> Iterator[str]:
+    """A real ``prometheus`` on a free port with ``config`` (its YAML) as ``workdir/prometheus.yml``, its
+    data in ``workdir/data`` and its stderr in ``workdir/prometheus.log``; yields its URL at once (the
+    caller waits for the series it needs), terminates it on exit."""
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(config)
+    port = free_port()
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

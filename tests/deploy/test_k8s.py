@@ -34,7 +34,7 @@ from prometheus_client import generate_latest
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.triton import TritonClient
-from tests.helpers import ROOT, free_port, triton_config
+from tests.helpers import ROOT, prometheus_server, triton_config
 from triton_local import TritonServer
 
 K8S = ROOT / "deploy" / "k8s"
@@ -491,30 +491,15 @@ def prometheus(gateway_url: str, triton: TritonServer, tmp_path: pathlib.Path) -
     """A real Prometheus scraping the gateway and Triton with the namespace/pod labels a ServiceMonitor adds."""
     gateway_target = gateway_url.removeprefix("http://")
     triton_target = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
+    config = (
         "global: {scrape_interval: 1s}\nscrape_configs:\n"
         f"  - job_name: gateway\n    static_configs: [{{targets: ['{gateway_target}'], "
         "labels: {namespace: inference, pod: gateway-0}}]\n"
         f"  - job_name: triton\n    static_configs: [{{targets: ['{triton_target}'], "
         "labels: {namespace: inference, pod: triton-0}}]\n"
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with prometheus_server(config, tmp_path) as url:
+        yield url
 
 
 def test_adapter_queries_give_per_pod_values_from_real_prometheus(prometheus: str, gateway_url: str) -> None:

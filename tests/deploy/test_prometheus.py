@@ -12,14 +12,13 @@ import json
 import math
 import pathlib
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
-from tests.helpers import GatewayProcess, free_port, gateway_env, run_gateway
+from tests.helpers import GatewayProcess, gateway_env, prometheus_server, run_gateway
 from triton_local import TritonServer
 
 DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "inference-gateway.json"
@@ -62,38 +61,21 @@ def _label_values(prometheus: str, label: str, match: str) -> list[str]:
 def run_prometheus(tmp_path: pathlib.Path, gateway_url: str, triton: TritonServer) -> Iterator[str]:
     """A real Prometheus scraping ``gateway_url`` (job ``gateway``) and Triton (job ``triton``) every second,
     as the deploy configs name the jobs; yields its URL once both targets are up."""
-    config = tmp_path / "prometheus.yml"
     gateway_target = gateway_url.removeprefix("http://")
     triton_target = triton.metrics_url.removeprefix("http://").removesuffix("/metrics")
-    config.write_text(
+    config = (
         f"global: {{scrape_interval: {SCRAPE_INTERVAL_S}s}}\nscrape_configs:\n"
         f"  - job_name: gateway\n    static_configs: [{{targets: ['{gateway_target}']}}]\n"
         f"  - job_name: triton\n    static_configs: [{{targets: ['{triton_target}']}}]\n"
     )
-    port = free_port()
-    prometheus = f"http://127.0.0.1:{port}"
-    log = tmp_path / "prometheus.log"
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    try:
+    with prometheus_server(config, tmp_path) as prometheus:
         wait_for(
             prometheus,
             "up",
             lambda r: {x["metric"]["job"]: x["value"][1] for x in r} == {"gateway": "1", "triton": "1"},
-            log,
+            tmp_path / "prometheus.log",
         )
         yield prometheus
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def wait_for(prometheus: str, expr: str, done: object, log: pathlib.Path, timeout_s: float = 60) -> list[dict]:

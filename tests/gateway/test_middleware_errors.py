@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.rate_limit import RateLimit, TokenBuckets
 from gateway.server import GatewayH11Protocol
 from gateway.server_errors import ServerErrors
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,6 @@ import json
 import pickle
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ import uvicorn
 from gateway import Settings, create_app
 from gateway.metrics import Metrics
 from gateway.server import GatewayH11Protocol, GatewayHttpToolsProtocol, uvicorn_options
-from tests.helpers import free_port
+from tests.helpers import free_port, serve
 
 
 @pytest.mark.parametrize(
@@ -57,16 +56,8 @@ def raw_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, Metri
         _env_file=None,  # type: ignore[call-arg]
     )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, **{**uvicorn_options(settings), "lifespan": "off"}))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield request.param, settings.port, app.state.metrics
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(app, **uvicorn_options(settings), lifespan="off"):
+        yield request.param, settings.port, app.state.metrics
 
 
 def _refusal(port: int, data: bytes, chunked: bool = False) -> tuple[int, dict[str, str], dict[str, str]]:

@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway import Settings, create_app
 from gateway.tasks.qa import load_tokenizer
-from tests.helpers import free_port
+from tests.helpers import serve
 from triton_local import TritonServer
 
 LOGGER = logging.getLogger(__name__)
@@ -88,17 +87,8 @@ def qa_settings(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def url(qa_settings: Settings) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(qa_settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(qa_settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
