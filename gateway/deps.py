@@ -1,9 +1,9 @@
 """FastAPI dependencies as ``Annotated`` aliases; everything hangs off ``app.state``.
 
-They are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+A dependency is ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
 thread hop per dependency per request (measured: ``/qa`` 3.8 -> 2.5 ms and ``/classify`` 6.6 ->
-5.0 ms of gateway CPU per request when these three stopped hopping). The task routes take the
-``Request`` and use :func:`services_of` / :func:`settings_of`, which FastAPI does not solve at all.
+5.0 ms of gateway CPU per request when the routes' three dependencies stopped hopping). The task routes
+take the ``Request`` and use :func:`services_of` / :func:`settings_of`, which FastAPI does not solve at all.
 """
 
 from __future__ import annotations
@@ -12,21 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.metrics import Metrics
 from gateway.services import Services
 from gateway.settings import Settings
-
-
-async def get_services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
 
 
 def services_of(request: Request) -> Services:
@@ -39,6 +26,8 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
