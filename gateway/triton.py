@@ -14,6 +14,7 @@ within about a second of Triton being ready instead of gRPC's default of up to t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -52,20 +53,9 @@ def is_queue_rejection(message: str) -> bool:
     return any(text in message for text in QUEUE_REJECTIONS)
 
 
-_TRITON_DTYPES: dict[np.dtype[Any], str] = {}
-_NUMPY_DTYPES: dict[str, Any] = {}
-
-
-def _triton_dtype(dtype: np.dtype[Any]) -> str:
-    if dtype not in _TRITON_DTYPES:
-        _TRITON_DTYPES[dtype] = np_to_triton_dtype(dtype)
-    return _TRITON_DTYPES[dtype]
-
-
-def _numpy_dtype(datatype: str) -> Any:
-    if datatype not in _NUMPY_DTYPES:
-        _NUMPY_DTYPES[datatype] = triton_to_np_dtype(datatype)
-    return _NUMPY_DTYPES[datatype]
+# tritonclient's dtype conversions, memoised: a handful of dtypes, looked up on every inference.
+_triton_dtype = functools.cache(np_to_triton_dtype)
+_numpy_dtype = functools.cache(triton_to_np_dtype)
 
 
 def infer_request(
@@ -253,9 +243,8 @@ class TritonClient:
         ``placed``: inputs whose array is a view of that borrowed region (:meth:`region`), sent by
         reference (outputs always come back over gRPC: the detectors' 72 kB measured no cheaper
         through shared memory, docs/benchmarks.md, "What sets the gateway's CPU"). Its gRPC deadline
-        is ``timeout_s`` or what is left of the
-        request's deadline (:mod:`gateway.deadline`), whichever is sooner; none left:
-        :class:`UpstreamTimeout` at once.
+        is ``timeout_s`` or what is left of the request's deadline (:mod:`gateway.deadline`), whichever
+        is sooner; none left: :class:`UpstreamTimeout` at once.
         """
         request = infer_request(model, inputs, outputs, request_id_var.get(), placed)
 
