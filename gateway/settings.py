@@ -365,7 +365,7 @@ class Settings(BaseSettings):
     http_parser: Literal["httptools", "h11"] = Field(
         default="httptools",
         description=(
-            "``httptools`` (uvicorn's C parser, the default: about 1.8 ms less gateway CPU per request) or "
+            "``httptools`` (uvicorn's C parser, the default: much less gateway CPU per request, docs/benchmarks.md) or "
             "``h11`` (pure Python); both enforce ``max_header_bytes`` (431) and ``header_timeout_s`` (408) "
             "and answer malformed requests with 400 ``bad_request``."
         ),
