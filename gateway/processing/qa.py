@@ -50,14 +50,25 @@ class Span:
 
 
 def configure_tokenizer(tokenizer: BaseTokenizer, max_seq_len: int, doc_stride: int) -> BaseTokenizer:
-    """Truncate only the context into ``max_seq_len`` windows overlapping by ``doc_stride`` tokens."""
+    """Truncate only the context into ``max_seq_len`` windows overlapping by ``doc_stride`` tokens.
+
+    The tokenizer does not pad: :func:`encode_qa` pads each window to ``max_seq_len`` in NumPy with the
+    values the tokenizer's own padding would give (``[PAD]`` id 0, type 0, attention 0, offsets (0, 0), no
+    sequence). Converting its padded Python lists (``max_seq_len`` items per field, offsets as tuples) cost
+    more than the tokenization itself: padding here halves ``encode_qa``'s CPU for a one-window question
+    (docs/benchmarks.md, "QA features").
+    """
     tokenizer.enable_truncation(max_length=max_seq_len, stride=doc_stride, strategy="only_second")
-    tokenizer.enable_padding(length=max_seq_len)
+    tokenizer.no_padding()
     return tokenizer
 
 
 def encode_qa(tokenizer: BaseTokenizer, question: str, context: str, max_question_tokens: int) -> QAFeatures:
-    """Tokenise with a tokenizer prepared by :func:`configure_tokenizer`; one row per context window."""
+    """Tokenise with a tokenizer prepared by :func:`configure_tokenizer`; one row per context window,
+    padded to the tokenizer's window length."""
+    if tokenizer.truncation is None:
+        raise ValueError("encode_qa needs a tokenizer prepared by configure_tokenizer")
+    seq_len = int(tokenizer.truncation["max_length"])
     question, context_stripped = question.strip(), context.strip()
     if not question:
         raise InvalidText("question is empty")
@@ -66,22 +77,25 @@ def encode_qa(tokenizer: BaseTokenizer, question: str, context: str, max_questio
     try:
         encoding = tokenizer.encode(question, context)
     except Exception as exc:  # the Rust tokenizer raises a bare Exception when the question fills the window
-        window = (tokenizer.truncation or {}).get("max_length")
-        raise InvalidText(f"question is too long for a {window}-token window") from exc
-    n_question = sum(1 for sid in encoding.sequence_ids if sid == 0)
+        raise InvalidText(f"question is too long for a {seq_len}-token window") from exc
+    n_question = encoding.sequence_ids.count(0)
     if n_question > max_question_tokens:
         raise InvalidText(f"question has {n_question} tokens; the limit is {max_question_tokens}")
     windows = [encoding, *encoding.overflowing]
-    context_mask = np.array([[sid == 1 for sid in w.sequence_ids] for w in windows], dtype=bool)
+    shape = (len(windows), seq_len)
+    input_ids, attention_mask, token_type_ids = (np.zeros(shape, np.int64) for _ in range(3))
+    context_mask = np.zeros(shape, bool)
+    offsets = np.zeros((*shape, 2), np.int64)
+    for row, window in enumerate(windows):
+        n = len(window.ids)
+        input_ids[row, :n] = window.ids
+        attention_mask[row, :n] = window.attention_mask
+        token_type_ids[row, :n] = window.type_ids
+        context_mask[row, :n] = [sid == 1 for sid in window.sequence_ids]
+        offsets[row, :n] = window.offsets
     if not context_mask.any():
         raise InvalidText("context has no tokens")
-    return QAFeatures(
-        input_ids=np.array([w.ids for w in windows], dtype=np.int64),
-        attention_mask=np.array([w.attention_mask for w in windows], dtype=np.int64),
-        token_type_ids=np.array([w.type_ids for w in windows], dtype=np.int64),
-        context_mask=context_mask,
-        offsets=np.array([w.offsets for w in windows], dtype=np.int64),
-    )
+    return QAFeatures(input_ids, attention_mask, token_type_ids, context_mask, offsets)
 
 
 def decode_spans(

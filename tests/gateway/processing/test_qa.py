@@ -3,10 +3,11 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import pytest
 
 from gateway import Settings
 from gateway.processing.qa import decode_spans, encode_qa
-from gateway.tasks.qa import load_tokenizer
+from gateway.tasks.qa import load_tokenizer, new_tokenizer
 
 
 def test_best_span_is_mapped_to_context_characters() -> None:
@@ -37,6 +38,45 @@ def test_windows_overlap_and_cover_the_context() -> None:
     last_word_start = context.rindex("w399")
     assert any(start >= last_word_start for start, _ in covered)
     assert features.input_ids.shape == (features.windows, 128)
+
+
+@pytest.mark.parametrize(
+    ("question", "context"),
+    [
+        ("Who designed it?", "The engine was designed by John Smith in London."),
+        ("q?", " ".join(f"w{i}" for i in range(400))),  # several windows, the last one short
+        ("Qu'est-ce que c'est ?", "Ünïcödé — 東京 🚀 naïve café, zero\u200bwidth and RTL \u05e9\u05dc\u05d5\u05dd."),
+        ("why " * 20 + "?", "short context"),
+    ],
+)
+def test_features_equal_the_tokenizers_own_padding(question: str, context: str) -> None:
+    """encode_qa pads in NumPy: every field must equal what the tokenizer's own padding gives."""
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    tokenizer = load_tokenizer(settings, seq_len=128)
+    features = encode_qa(tokenizer, question, context, 64)
+    padded = new_tokenizer(settings)
+    padded.enable_truncation(max_length=128, stride=settings.qa_doc_stride, strategy="only_second")
+    padded.enable_padding(length=128)
+    encoding = padded.encode(question, context)
+    windows = [encoding, *encoding.overflowing]
+    assert features.windows == len(windows)
+    expected = {
+        "input_ids": [w.ids for w in windows],
+        "attention_mask": [w.attention_mask for w in windows],
+        "token_type_ids": [w.type_ids for w in windows],
+        "context_mask": [[sid == 1 for sid in w.sequence_ids] for w in windows],
+        "offsets": [w.offsets for w in windows],
+    }
+    for name, rows in expected.items():
+        actual = getattr(features, name)
+        assert actual.dtype == (bool if name == "context_mask" else np.int64), name
+        np.testing.assert_array_equal(actual, np.array(rows, dtype=actual.dtype), err_msg=name)
+    assert features.input_ids.shape == (len(windows), 128)
+
+
+def test_unprepared_tokenizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="configure_tokenizer"):
+        encode_qa(new_tokenizer(Settings(_env_file=None)), "q?", "some context", 64)  # type: ignore[call-arg]
 
 
 def test_shipped_vocab_is_bert_base_uncased() -> None:
