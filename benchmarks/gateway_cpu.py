@@ -13,6 +13,9 @@ not counted). The table gives the median and the lowest round::
 
     .venv/bin/python benchmarks/gateway_cpu.py --port-base 21100 --out benchmarks/results/gateway_cpu.md
 
+``--routes healthz ...`` adds ``GET /healthz``: the front end alone (uvicorn, the middlewares,
+FastAPI, a small JSON answer, no Triton call), the floor under every route's own work.
+
 The health prober is switched off (``GATEWAY_HEALTH_PROBE_INTERVAL_S=0``) so that only requests
 are counted; everything else is the gateway's defaults.
 """
@@ -59,7 +62,11 @@ ROUTES = {
     "classify_lite": Route("classify_lite", "/classify?model=efficientnet_lite0", 2.0),
     "detect": Route("detect", "/detect?model=yolov5n", 4.0),
     "detect_nanodet": Route("detect_nanodet", "/detect?model=nanodet", 4.0),
+    # The front end alone (uvicorn, the middlewares, FastAPI, a JSON answer; no Triton call): the floor
+    # under every route's own work. Not run unless named: --routes healthz ...
+    "healthz": Route("healthz", "/healthz", None),
 }
+DEFAULT_ROUTES = [name for name in ROUTES if name != "healthz"]
 
 
 @dataclasses.dataclass
@@ -76,7 +83,9 @@ class Result:
 
 
 def drive(client: httpx.Client, route: Route, image: bytes) -> None:
-    if route.name == "qa":
+    if route.name == "healthz":
+        response = client.get(route.path)
+    elif route.name == "qa":
         response = client.post(route.path, json=QA_BODY)
     else:
         response = client.post(route.path, files={"file": ("image.jpg", image, "image/jpeg")})
@@ -131,7 +140,7 @@ def markdown(results: list[Result], note: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=list(ROUTES))
+    parser.add_argument("--routes", nargs="+", choices=sorted(ROUTES), default=DEFAULT_ROUTES)
     parser.add_argument("--requests", type=int, default=200, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
