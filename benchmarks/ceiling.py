@@ -95,6 +95,7 @@ from latency import LoadResult, percentiles_ms  # noqa: E402
 from loadgen import ENDPOINTS  # noqa: E402
 
 from triton_local import stubs  # noqa: E402
+from triton_local.process import stop_process  # noqa: E402
 
 LOGGER = logging.getLogger("ceiling")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -325,12 +326,7 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
                 httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=5)
         yield process, url
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
 
 
 def _load(mode: str, target: str, endpoint: str, concurrency: int, requests: int, tiers: Tiers) -> dict[str, Any]:

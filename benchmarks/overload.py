@@ -19,6 +19,7 @@ import io
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import numpy as np
 from magicmind_build.build import build_engine
 from magicmind_build.specs import SPECS
 from triton_local import TritonServer, TritonServerConfig
+from triton_local.process import stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL = "resnet50_vd"
@@ -154,8 +156,7 @@ def main() -> None:
                         httpx.post(f"{url}/classify", files={"file": ("x.jpg", image, "image/jpeg")}, timeout=60)
                     a = asyncio.run(load(url, image, args.concurrency, args.duration_s))
                 finally:
-                    process.terminate()
-                    process.wait(timeout=30)
+                    stop_process(process, 30, signal.SIGTERM)
                 other = ",".join(f"{k}:{v}" for k, v in sorted(a.other.items())) or "-"
                 rows.append(
                     f"{budget:>8g} {args.concurrency:>5} {len(a.ok):>6} {len(a.ok) / args.duration_s:>7.1f} "

@@ -58,6 +58,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.schemas import ClassifyResponse, DetectResponse, QAResponse
 from triton_local import stubs as triton_stubs
+from triton_local.process import stop_process
 
 SHED = frozenset({503, 429})  # 503 overloaded / triton_unavailable; 429 a client rate limit (when enabled)
 UPSTREAM = frozenset({502, 503, 504})  # inference_failed, triton_unavailable, upstream_timeout
@@ -475,12 +476,7 @@ def start_stack(args: argparse.Namespace) -> Iterator[tuple[str, int, Any]]:
             _wait_healthy(url, process, 60)
             yield url, process.pid, triton
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=15)
+            stop_process(process, 15, signal.SIGTERM)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -47,6 +47,7 @@ from gateway.processing.qa import decode_spans, encode_qa
 from gateway.tasks.qa import load_tokenizer
 from triton_local import TritonServer, TritonServerConfig
 from triton_local import stubs as triton_stubs
+from triton_local.process import stop_process
 
 LOGGER = logging.getLogger(__name__)
 
@@ -258,13 +259,7 @@ def run_gateway(
                 time.sleep(0.2)
             yield GatewayProcess(url=url, pid=process.pid, log_file=log_file)
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=stop_timeout_s)
+            stop_process(process, stop_timeout_s, signal.SIGTERM)
 
 
 def answer_of(response: httpx.Response, request_id: str) -> tuple[int, str | None]:
@@ -314,7 +309,7 @@ def serve(app: FastAPI, **options: Any) -> Iterator[str]:
 def prometheus_server(config: str, workdir: pathlib.Path) -> Iterator[str]:
     """A real ``prometheus`` on a free port with ``config`` (its YAML) as ``workdir/prometheus.yml``, its
     data in ``workdir/data`` and its stderr in ``workdir/prometheus.log``; yields its URL at once (the
-    caller waits for the series it needs), terminates it on exit."""
+    caller waits for the series it needs), terminates it on exit (killed when it has not stopped 30 s later)."""
     config_file = workdir / "prometheus.yml"
     config_file.write_text(config)
     port = free_port()
@@ -332,8 +327,7 @@ def prometheus_server(config: str, workdir: pathlib.Path) -> Iterator[str]:
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process, 30, signal.SIGTERM)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

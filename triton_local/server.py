@@ -25,6 +25,7 @@ import urllib.request
 from typing import IO
 
 from triton_local import probe, stubs
+from triton_local.process import stop_process
 
 LOGGER = logging.getLogger(__name__)
 
@@ -279,13 +280,7 @@ class TritonServer:
             died = self._stub_died
             timeout = self.config.dead_stub_shutdown_timeout_s if died else self.config.shutdown_timeout_s
             LOGGER.info("stopping tritonserver (SIGINT)%s", "; a stub process died, waiting less" if died else "")
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                LOGGER.warning("tritonserver ignored SIGINT for %.0fs; killing", timeout)
-                process.kill()
-                process.wait()
+            stop_process(process, timeout)  # SIGINT, then SIGKILL after the timeout
         # Stubs exit on their own once tritonserver is gone; make sure of it (they are ours).
         for stub in live_stubs:
             with contextlib.suppress(ProcessLookupError):

@@ -29,6 +29,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ROOT, free_port
+from triton_local.process import stop_process
 
 pytestmark = pytest.mark.compose
 
@@ -161,12 +163,7 @@ def _podman_service(tmp: pathlib.Path) -> Iterator[str]:
             time.sleep(0.2)
         yield f"unix://{sock}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20, signal.SIGTERM)
         log.close()
 
 

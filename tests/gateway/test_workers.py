@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from tests.helpers import ROOT, free_port
 from triton_local import TritonServer
+from triton_local.process import stop_process
 
 ROUTE = "/classify"
 
@@ -85,13 +85,7 @@ def two_workers(
             time.sleep(0.3)
         yield url, metrics_dir, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 30)
         log.close()
 
 
@@ -157,8 +151,7 @@ def test_two_workers_one_scrape_counts_every_request(
     mine = _regions(triton) - before
     assert _owners(mine) == set(per_worker), (mine, per_worker)
 
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=30) == 0
+    assert stop_process(process, 30) == 0  # a clean exit on SIGINT
     assert _regions(triton) == before
     assert not [name for name in mine if pathlib.Path("/dev/shm", name).exists()]
     assert not list(metrics_dir.glob("*.db"))  # cleaned at exit

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 from gateway import Settings, create_app
 from tests.helpers import free_port
 from triton_local import TritonServer
+from triton_local.process import stop_process
 
 QA = {"question": "Who wrote the letter?", "context": "The letter was written by Ada in London."}
 RATE = 0.1  # tokens per second: no token comes back within one test
@@ -176,10 +176,5 @@ def test_metrics_port_serves_metrics_and_the_main_port_does_not(
         assert 'gateway_requests_total{route="/healthz",status="200"}' in text
         assert _get(f"http://127.0.0.1:{metrics_port}/qa")[0] == 404  # nothing else on the metrics port
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
     assert process.returncode == 0, log.read_text()

@@ -29,6 +29,7 @@ from PIL import Image
 
 from gateway import Settings
 from tests.helpers import free_port
+from triton_local.process import stop_process
 
 MAX_PIXELS = 6000 * 6000
 BUDGET_BYTES = 400 * 1024 * 1024
@@ -126,13 +127,7 @@ class GatewayProcess:
         return _vm_kb(self.process.pid)
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20, signal.SIGTERM)
         self._log_file.close()
 
 

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from gateway import create_app
 from tests.helpers import ROOT, RestartingTriton, free_port, metric_value
 from triton_local import TritonServer
+from triton_local.process import stop_process
 
 QA = {"question": "Who wrote it?", "context": "The letter was written by Ada in London."}
 
@@ -114,12 +115,9 @@ def test_sigterm_drain_is_capped(triton: TritonServer, model_repo: pathlib.Path,
                 b'Content-Length: 1000\r\n\r\n{"question": '
             )
             time.sleep(0.5)
-            process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            try:
-                process.wait(timeout=cap_s + 15)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"gateway still draining {cap_s + 15}s after SIGTERM (cap {cap_s}s)")
+            if stop_process(process, cap_s + 15, signal.SIGTERM) is None:
+                pytest.fail(f"gateway still draining {cap_s + 15}s after SIGTERM (cap {cap_s}s); killed")
             print(f"drain: exited {time.monotonic() - signalled:.2f}s after SIGTERM (cap {cap_s}s)")
     finally:
         if process.poll() is None:

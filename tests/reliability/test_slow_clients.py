@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 
 from tests.helpers import free_port
 from triton_local import TritonServer
+from triton_local.process import stop_process
 
 MAX_INFLIGHT = 4
 MAX_BODY_READS = 10
@@ -65,12 +67,7 @@ def server(triton: TritonServer, model_repo: pathlib.Path, tmp_path_factory: pyt
         yield port
         assert proc.poll() is None, f"gateway died: {log.read_text()[-3000:]}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15, signal.SIGTERM)
 
 
 def _connect(port: int) -> socket.socket:
