@@ -26,7 +26,6 @@ from gateway.errors import InvalidImage, PayloadTooLarge, UnsupportedImageShape,
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 LETTERBOX_PAD = 114
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
 
 cv2.setNumThreads(1)  # small images: its thread pool costs more CPU than it saves; tasks run in threads
@@ -251,7 +250,7 @@ def _draft_denominator(width: int, height: int, factor: float) -> int | None:
     return next(s for s in (8, 4, 2, 1) if ratio >= s)
 
 
-# ImageOps.exif_transpose's transpositions by EXIF orientation (load_scaled), and their numpy equivalents.
+# ImageOps.exif_transpose's transposition by EXIF orientation: the one table of them, for both paths.
 _TRANSPOSE: dict[object, Image.Transpose] = {  # keyed as PIL reads the tag: any value
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -261,15 +260,20 @@ _TRANSPOSE: dict[object, Image.Transpose] = {  # keyed as PIL reads the tag: any
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
-    3: lambda a: a[::-1, ::-1],  # ROTATE_180
-    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
-    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
-    6: lambda a: np.rot90(a, -1),  # ROTATE_270 (counter-clockwise)
-    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
-    8: lambda a: np.rot90(a, 1),  # ROTATE_90
+# What each of PIL's transpositions does to an [H, W, ...] array (the fast path's), keyed by PIL's own name of
+# it: nothing here depends on EXIF, so this table cannot drift from the one above.
+_TRANSPOSE_ARRAY: dict[Image.Transpose, Callable[[np.ndarray], np.ndarray]] = {
+    Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+    Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+    Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),  # counter-clockwise, as PIL's
+    Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+    Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+    Image.Transpose.TRANSPOSE: lambda a: a.swapaxes(0, 1),
+    Image.Transpose.TRANSVERSE: lambda a: a[::-1, ::-1].swapaxes(0, 1),
 }
+_SWAPS_AXES = frozenset(  # those that swap width and height
+    {Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE}
+)
 
 
 def _fast_jpeg_scaled(
@@ -306,15 +310,15 @@ def _fast_jpeg_scaled(
         return None
     if grey:
         array = array[..., 0]
-    full = (height, width) if jpeg.orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
     method = _TRANSPOSE.get(jpeg.orientation)
+    full = (height, width) if method in _SWAPS_AXES else (width, height)
     if pil:
         # At most two copies at once (the budget's bound, ``ImageHeader.decode_bytes``), as in the PIL path.
         image = Image.fromarray(array) if grey else Image.frombytes("RGB", array.shape[1::-1], array, "raw", "RGBX")
         del array
         return (image if method is None else image.transpose(method)), full
     if method is not None:
-        array = np.ascontiguousarray(_ORIENT[jpeg.orientation](array))
+        array = np.ascontiguousarray(_TRANSPOSE_ARRAY[method](array))
     return array, full
 
 
@@ -355,11 +359,10 @@ def load_scaled(
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
-        transposed = orientation in _TRANSPOSING_ORIENTATIONS
+        method = _TRANSPOSE.get(orientation)
         if header.format == "JPEG" and factor <= 0.5:
             image.draft(None, (math.ceil(header.width * factor), math.ceil(header.height * factor)))
         image.load()
-        method = _TRANSPOSE.get(orientation)
         if method is not None:
             # exif_transpose's rotation alone: it would also rewrite the EXIF (of no use here), which raises
             # TypeError or struct.error on some corrupt ones (a 500).
@@ -370,7 +373,7 @@ def load_scaled(
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidImage(f"cannot decode image: {exc}") from exc
-    full = (header.height, header.width) if transposed else (header.width, header.height)
+    full = (header.height, header.width) if method in _SWAPS_AXES else (header.width, header.height)
     return image, full
 
 
