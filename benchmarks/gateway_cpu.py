@@ -13,8 +13,10 @@ not counted). The table gives the median and the lowest round::
 
     .venv/bin/python benchmarks/gateway_cpu.py --port-base 21100 --out benchmarks/results/gateway_cpu.md
 
-``--routes healthz ...`` adds ``GET /healthz``: the front end alone (uvicorn, the middlewares,
-FastAPI, a small JSON answer, no Triton call), the floor under every route's own work.
+Two floors run only when named (``--routes healthz triton_call qa ...``): ``GET /healthz``, the front
+end alone (uvicorn, the middlewares, FastAPI, a small JSON answer, no Triton call); and ``triton_call``,
+the gateway's ``TritonClient.infer`` of ``/classify``'s tensor called from this process, no HTTP, its
+CPU per call (the process's, gRPC's own threads included). Every task route pays both.
 
 The health prober is switched off (``GATEWAY_HEALTH_PROBE_INTERVAL_S=0``) so that only requests
 are counted; everything else is the gateway's defaults.
@@ -28,12 +30,15 @@ import dataclasses
 import logging
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import tempfile
 import time
 
 import httpx
+import numpy as np
+import uvloop
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -62,11 +67,14 @@ ROUTES = {
     "classify_lite": Route("classify_lite", "/classify?model=efficientnet_lite0", 2.0),
     "detect": Route("detect", "/detect?model=yolov5n", 4.0),
     "detect_nanodet": Route("detect_nanodet", "/detect?model=nanodet", 4.0),
-    # The front end alone (uvicorn, the middlewares, FastAPI, a JSON answer; no Triton call): the floor
-    # under every route's own work. Not run unless named: --routes healthz ...
+    # Floors, run only when named (--routes healthz triton_call ...). healthz: the front end alone (uvicorn,
+    # the middlewares, FastAPI, a JSON answer; no Triton call). triton_call: no HTTP at all, the gateway's
+    # TritonClient.infer of /classify's tensor (1x224x224x3 uint8) from this process, its CPU per call.
     "healthz": Route("healthz", "/healthz", None),
+    "triton_call": Route("triton_call", "TritonClient.infer(resnet50_vd), no HTTP (benchmark process CPU)", None),
 }
-DEFAULT_ROUTES = [name for name in ROUTES if name != "healthz"]
+FLOORS = ("healthz", "triton_call")
+DEFAULT_ROUTES = [name for name in ROUTES if name not in FLOORS]
 
 
 @dataclasses.dataclass
@@ -122,6 +130,42 @@ def measure(url: str, pid: int, route: Route, requests: int, rounds: int, concur
     return Result(route, concurrency, requests, cpu_ms, wall_ms)
 
 
+def measure_triton_call(grpc_url: str, route: Route, requests: int, rounds: int) -> Result:
+    """The gateway's gRPC client alone: ``TritonClient.infer`` of ``/classify``'s tensor, one call at a time,
+    timed by this process's CPU (``RUSAGE_SELF``: the event loop and gRPC's own threads; nothing else of
+    this process runs meanwhile)."""
+    from gateway.settings import Settings
+    from gateway.triton import TritonClient
+
+    images = np.zeros((1, 224, 224, 3), np.uint8)
+
+    async def run() -> tuple[list[float], list[float]]:
+        client = TritonClient.from_settings(
+            Settings(triton_url=grpc_url, triton_shared_memory=False, _env_file=None)  # type: ignore[call-arg]
+        )
+        cpu_ms, wall_ms = [], []
+        try:
+            for _ in range(50):  # warm-up: the channel, first-use paths
+                await client.infer("resnet50_vd", {"images": images}, ["logits"])
+            for _ in range(rounds):
+                cpu0, wall0 = _process_cpu_s(), time.perf_counter()
+                for _ in range(requests):
+                    await client.infer("resnet50_vd", {"images": images}, ["logits"])
+                cpu_ms.append((_process_cpu_s() - cpu0) * 1000 / requests)
+                wall_ms.append((time.perf_counter() - wall0) * 1000 / requests)
+        finally:
+            await client.close()
+        return cpu_ms, wall_ms
+
+    cpu_ms, wall_ms = uvloop.run(run())
+    return Result(route, 1, requests, cpu_ms, wall_ms)
+
+
+def _process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def markdown(results: list[Result], note: str) -> str:
     head = (
         "| route | concurrency | requests/round | rounds | gateway CPU ms/req (median) | lowest round | target ms "
@@ -165,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                 LOGGER.info("gateway pid %d on %s", gateway.pid, url)
                 for name in args.routes:
                     route = ROUTES[name]
+                    if name == "triton_call":
+                        results.append(measure_triton_call(triton.grpc_url, route, args.requests, args.rounds))
+                        LOGGER.info("%s: %s", route.path, results[-1].cpu_ms)
+                        continue
                     for concurrency in args.concurrency:
                         results.append(measure(url, gateway.pid, route, args.requests, args.rounds, concurrency))
                         LOGGER.info("%s at concurrency %d: %s", route.path, concurrency, results[-1].cpu_ms)
