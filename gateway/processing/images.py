@@ -318,6 +318,49 @@ def _fast_jpeg_scaled(
     return array, full
 
 
+# A JPEG of several scans (progressive, or sequential with a scan per component) is decoded scan by scan over
+# the whole image: each scan costs about a decode of its components, and a scan can be a few bytes. A 94 kB
+# progressive 4000x4000 JPEG with its last scan repeated 1000 times took 37 s of CPU to decode (both paths), far
+# past any request deadline (its thread cannot be stopped). libjpeg writes 10 scans (6 for grey).
+MAX_JPEG_SCANS = 100
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+
+
+def _one_scan(data: bytes) -> bool:
+    """Whether ``data`` is plainly a sequential JPEG whose first scan holds every component: libjpeg then
+    reads that one scan and nothing after it (cheap to tell from the markers before it)."""
+    components = None
+    i, size = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        if i + 5 > size:
+            return False
+        prefix, marker, length = _SEGMENT.unpack_from(data, i)
+        if prefix != 0xFF:
+            return False
+        if marker == _SOS:
+            return components is not None and data[i + 4] == components
+        if marker in _SOF:
+            if components is not None or marker not in _SEQUENTIAL_SOF or i + 10 > size:
+                return False
+            components = data[i + 9]
+        i += 2 + length
+    return False
+
+
+def check_jpeg_scans(data: bytes, max_scans: int) -> None:
+    """413 for a JPEG with more than ``max_scans`` scans (0: no limit), before any of it is decoded.
+
+    Counted only where there may be several (a sequential JPEG with one interleaved scan, the usual camera
+    or encoder output, costs nothing): every start-of-scan marker in the file (0xFF 0xDA cannot occur in
+    entropy-coded data; an EXIF thumbnail's own scans count too), about 1 ms a megabyte.
+    """
+    if not max_scans or not data.startswith(_SOI) or _one_scan(data):
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > max_scans:
+        raise PayloadTooLarge(f"the JPEG has {scans} scans; the limit is {max_scans}")
+
+
 def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:
     """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse.
     ``fast_jpeg``: a JPEG's header read by libjpeg-turbo directly (the same answer, a few microseconds
@@ -340,7 +383,11 @@ def load_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> I
 
 
 def load_scaled(
-    data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, scale: Callable[[int, int], float] | None = None
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float = 0.0,
+    scale: Callable[[int, int], float] | None = None,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """As :func:`load_image`, for an image about to be resized; also its full upright size.
 
@@ -349,9 +396,10 @@ def load_scaled(
     the smallest DCT-domain scale (1/2, 1/4, 1/8) that still keeps both sides at least that factor
     times the full size (PIL ``draft``), so the resize that follows gets at least the pixels it
     needs; other formats, and factors above 1/2, decode in full. Returns the image and the
-    (width, height) the full decode has.
+    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans: 413 (0: no limit).
     """
     image, header = _open(data, max_pixels, max_aspect_ratio)
+    check_jpeg_scans(data, max_jpeg_scans)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
@@ -381,13 +429,17 @@ def _load_scaled(
     scale: Callable[[int, int], float] | None,
     fast_jpeg: bool,
     pil: bool = False,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
     """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
     if fast_jpeg:
+        # Before the fast path, which would decode every scan too before it declined (libjpeg warns).
+        check_jpeg_scans(data, max_jpeg_scans)
         fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil)
         if fast is not None:
             return fast
-    return load_scaled(data, max_pixels, max_aspect_ratio, scale)
+        max_jpeg_scans = 0  # checked
+    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans)
 
 
 def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> np.ndarray:
@@ -484,13 +536,14 @@ def detect_input(
     reduced_decode: bool = True,
     out: np.ndarray | None = None,
     fast_jpeg: bool = True,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
     it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the same pixels)
     and letterbox to ``size`` (into ``out`` when given, see :func:`letterbox`). The served path and every
-    reference use this."""
+    reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`)."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, max_jpeg_scans=max_jpeg_scans)
     return letterbox(image, size, pad_value, full, out)
 
 
@@ -523,11 +576,12 @@ def classify_input(
     crop: int,
     reduced_decode: bool = True,
     fast_jpeg: bool = True,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
 ) -> np.ndarray:
     """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
     shrinks it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the
     same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
-    every reference use this."""
+    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`)."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, pil=True)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, True, max_jpeg_scans)
     return resize_center_crop(image, resize, crop, full)

@@ -121,6 +121,7 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             reduced_decode=s.reduced_decode,
             out=out,
             fast_jpeg=s.fast_jpeg,
+            max_jpeg_scans=s.max_jpeg_scans,
         )
         return DetectFeatures(canvas[None], box, region)
 

@@ -215,3 +215,24 @@ def test_image_over_the_whole_decoding_budget_is_413(settings: Settings) -> None
         response = test_client.post("/detect", files={"file": ("a.png", _image("PNG", (32, 32)), "image/png")})
         _assert_error(response, 413, "payload_too_large")
         assert "budget" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_a_jpeg_of_more_scans_than_the_limit_is_413(client: TestClient, settings: Settings, route: str) -> None:
+    """A progressive JPEG with its last scan repeated past ``max_jpeg_scans`` (each scan costs about a decode
+    of the image): refused before decoding; at the limit it is served."""
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(buffer, "JPEG", progressive=True)
+    jpeg = buffer.getvalue()
+    last, end = jpeg.rindex(b"\xff\xda"), jpeg.rindex(b"\xff\xd9")
+    scans = jpeg.count(b"\xff\xda")
+
+    def with_scans(n: int) -> bytes:
+        return jpeg[:end] + jpeg[last:end] * (n - scans) + jpeg[end:]
+
+    limit = settings.max_jpeg_scans
+    over = client.post(route, files={"file": ("a.jpg", with_scans(limit + 1), "image/jpeg")})
+    _assert_error(over, 413, "payload_too_large")
+    assert f"{limit + 1} scans; the limit is {limit}" in over.json()["error"]["message"]
+    at_limit = client.post(route, files={"file": ("a.jpg", with_scans(limit), "image/jpeg")})
+    assert at_limit.status_code == 200, at_limit.text

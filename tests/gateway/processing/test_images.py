@@ -438,3 +438,51 @@ def test_load_scaled_rotates_as_exif_transpose_does(orientation: int) -> None:
     image, full = load_scaled(data, _MAX, 0.0)
     assert full == expected.size == image.size
     np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def _scans(jpeg: bytes) -> list[bytes]:
+    """Each scan of ``jpeg`` (its SOS segment and entropy-coded data), in order."""
+    starts = [i for i in range(len(jpeg) - 1) if jpeg[i : i + 2] == b"\xff\xda"]
+    ends = [*starts[1:], jpeg.rindex(b"\xff\xd9")]
+    return [jpeg[s:e] for s, e in zip(starts, ends)]
+
+
+def _more_scans(jpeg: bytes, extra: int) -> bytes:
+    """``jpeg`` with its last scan repeated ``extra`` more times: libjpeg warns (a bogus progression) and
+    decodes each one over the whole image."""
+    last = _scans(jpeg)[-1]
+    end = jpeg.rindex(b"\xff\xd9")
+    return jpeg[:end] + last * extra + jpeg[end:]
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_of_more_scans_than_the_limit_is_413_before_decoding(mode: str, fast_jpeg: bool) -> None:
+    """Found by fuzzing: each scan costs about a decode of the whole image and may be a few bytes (a 94 kB
+    4000x4000 progressive JPEG with its last scan repeated took 37 s of CPU, past any deadline). Past
+    ``max_jpeg_scans`` both paths refuse it before decoding; at the limit it is decoded as before."""
+    progressive = _encode(_BASE.convert(mode), "JPEG", progressive=True)
+    scans = len(_scans(progressive))
+    at_limit = _more_scans(progressive, 100 - scans)
+    over = _more_scans(progressive, 101 - scans)
+    limits = (_MAX, 0.0)
+    reference = classify_input(at_limit, *limits, 64, 32, fast_jpeg=False, max_jpeg_scans=0)
+    served = classify_input(at_limit, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    np.testing.assert_array_equal(served, reference)
+    with pytest.raises(PayloadTooLarge, match="the JPEG has 101 scans; the limit is 100"):
+        classify_input(over, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    with pytest.raises(PayloadTooLarge, match="101 scans"):
+        detect_input(over, *limits, 64, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    with pytest.raises(PayloadTooLarge, match="101 scans"):
+        load_scaled(over, *limits, max_jpeg_scans=100)
+    classify_input(over, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=0)  # 0: no limit
+
+
+def test_a_one_scan_sequential_jpeg_is_not_counted() -> None:
+    """A sequential JPEG whose first scan holds every component is one scan to libjpeg: its scans are not
+    counted (what follows the scan is never decoded), so it costs nothing and is never refused."""
+    baseline = _encode(_BASE, "JPEG")
+    assert images._one_scan(baseline) and images._one_scan(_encode(_BASE.convert("L"), "JPEG"))
+    assert not images._one_scan(_encode(_BASE, "JPEG", progressive=True))
+    assert not images._one_scan(_astronaut_jpeg((96, 64), "CMYK", progressive=True))
+    images.check_jpeg_scans(_more_scans(baseline, 200), 100)  # not refused: libjpeg stops after the first
