@@ -67,9 +67,71 @@ class ImageHeader:
         return self.width * self.height * decode_bytes_per_pixel(self.mode)
 
 
-def _open(data: bytes, max_pixels: int, max_aspect_ratio: float) -> tuple[Image.Image, ImageHeader]:
+# PIL parses a JPEG's markers before its first scan, and a PNG's chunks, one by one in Python (a few
+# microseconds each; fill and junk bytes between JPEG markers one byte at a time): a 19 MB JPEG of empty APP
+# segments held the event loop (the header check) for 15 s. Real files have tens, a large PNG a few thousand
+# IDAT chunks (libpng writes 8 kB ones).
+MAX_IMAGE_SEGMENTS = 10_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # no length follows (TEM, RSTn, SOI)
+
+
+def _jpeg_steps(data: bytes, limit: int) -> int:
+    """The steps of PIL's marker loop before the first scan (a segment, a fill or junk byte each), counted up to
+    ``limit + 1``."""
+    steps, i, size = 0, 2, len(data)
+    while i + 1 < size and steps <= limit:
+        if data[i] != 0xFF:  # junk, skipped byte by byte
+            junk_end = data.find(b"\xff", i)
+            junk_end = size if junk_end < 0 else junk_end
+            steps, i = steps + junk_end - i, junk_end
+            continue
+        steps += 1
+        marker = data[i + 1]
+        if marker == _SOS:
+            break
+        if marker in (0xFF, 0x00) or marker in _JPEG_STANDALONE:
+            i += 1 if marker == 0xFF else 2
+        elif i + 4 > size:
+            break
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return steps
+
+
+def _png_chunks(data: bytes, limit: int) -> int:
+    """The chunks of a PNG, counted up to ``limit + 1``."""
+    chunks, i, size = 0, len(_PNG_SIGNATURE), len(data)
+    while i + 8 <= size and chunks <= limit:
+        chunks += 1
+        if data[i + 4 : i + 8] == b"IEND":
+            break
+        i += 12 + int.from_bytes(data[i : i + 4], "big")
+    return chunks
+
+
+def check_segments(data: bytes, max_segments: int) -> None:
+    """413 for a JPEG of more than ``max_segments`` markers (and fill or junk bytes) before its first scan, or a PNG
+    of more chunks, before PIL parses them (0: no limit). Python steps over the segments, not their bytes:
+    microseconds for real files."""
+    if not max_segments:
+        return
+    if data.startswith(_SOI):
+        what, count = "markers before its first scan", _jpeg_steps(data, max_segments)
+    elif data.startswith(_PNG_SIGNATURE):
+        what, count = "chunks", _png_chunks(data, max_segments)
+    else:
+        return
+    if count > max_segments:
+        raise PayloadTooLarge(f"the image has more than {max_segments} {what} (the limit)")
+
+
+def _open(
+    data: bytes, max_pixels: int, max_aspect_ratio: float, max_segments: int = MAX_IMAGE_SEGMENTS
+) -> tuple[Image.Image, ImageHeader]:
     if not data:
         raise InvalidImage("empty image upload")
+    check_segments(data, max_segments)
     try:
         # Image.open reads only the header: format and size are checked before any pixel is decoded.
         image = Image.open(io.BytesIO(data))
@@ -361,15 +423,21 @@ def check_jpeg_scans(data: bytes, max_scans: int) -> None:
         raise PayloadTooLarge(f"the JPEG has {scans} scans; the limit is {max_scans}")
 
 
-def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:
+def read_header(
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float = 0.0,
+    fast_jpeg: bool = True,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
+) -> ImageHeader:
     """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse.
     ``fast_jpeg``: a JPEG's header read by libjpeg-turbo directly (the same answer, a few microseconds
-    instead of PIL's tens)."""
+    instead of PIL's tens). ``max_segments``: see :func:`check_segments`."""
     if fast_jpeg:
         jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
         if jpeg is not None:
             return jpeg.header
-    return _open(data, max_pixels, max_aspect_ratio)[1]
+    return _open(data, max_pixels, max_aspect_ratio, max_segments)[1]
 
 
 def load_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> Image.Image:
@@ -388,6 +456,7 @@ def load_scaled(
     max_aspect_ratio: float = 0.0,
     scale: Callable[[int, int], float] | None = None,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """As :func:`load_image`, for an image about to be resized; also its full upright size.
 
@@ -396,9 +465,10 @@ def load_scaled(
     the smallest DCT-domain scale (1/2, 1/4, 1/8) that still keeps both sides at least that factor
     times the full size (PIL ``draft``), so the resize that follows gets at least the pixels it
     needs; other formats, and factors above 1/2, decode in full. Returns the image and the
-    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans: 413 (0: no limit).
+    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans: 413 (0: no limit);
+    ``max_segments``: see :func:`check_segments`.
     """
-    image, header = _open(data, max_pixels, max_aspect_ratio)
+    image, header = _open(data, max_pixels, max_aspect_ratio, max_segments)
     check_jpeg_scans(data, max_jpeg_scans)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
@@ -430,6 +500,7 @@ def _load_scaled(
     fast_jpeg: bool,
     pil: bool = False,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
     """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
     if fast_jpeg:
@@ -439,7 +510,7 @@ def _load_scaled(
         if fast is not None:
             return fast
         max_jpeg_scans = 0  # checked
-    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans)
+    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans, max_segments)
 
 
 def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> np.ndarray:
@@ -537,13 +608,17 @@ def detect_input(
     out: np.ndarray | None = None,
     fast_jpeg: bool = True,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
     it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the same pixels)
     and letterbox to ``size`` (into ``out`` when given, see :func:`letterbox`). The served path and every
-    reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`)."""
+    reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more than
+    ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, max_jpeg_scans=max_jpeg_scans)
+    image, full = _load_scaled(
+        data, max_pixels, max_aspect_ratio, scale, fast_jpeg, False, max_jpeg_scans, max_segments
+    )
     return letterbox(image, size, pad_value, full, out)
 
 
@@ -577,11 +652,13 @@ def classify_input(
     reduced_decode: bool = True,
     fast_jpeg: bool = True,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> np.ndarray:
     """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
     shrinks it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the
     same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
-    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`)."""
+    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more
+    than ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, True, max_jpeg_scans)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, True, max_jpeg_scans, max_segments)
     return resize_center_crop(image, resize, crop, full)

@@ -47,6 +47,7 @@ class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]
             s.reduced_decode,
             s.fast_jpeg,
             s.max_jpeg_scans,
+            s.max_image_segments,
         )
         return crop[None]
 

@@ -122,6 +122,7 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             out=out,
             fast_jpeg=s.fast_jpeg,
             max_jpeg_scans=s.max_jpeg_scans,
+            max_segments=s.max_image_segments,
         )
         return DetectFeatures(canvas[None], box, region)
 

@@ -236,3 +236,14 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_413(client: TestClient, settings
     assert f"{limit + 1} scans; the limit is {limit}" in over.json()["error"]["message"]
     at_limit = client.post(route, files={"file": ("a.jpg", with_scans(limit), "image/jpeg")})
     assert at_limit.status_code == 200, at_limit.text
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_an_image_of_more_segments_than_the_limit_is_413(client: TestClient, settings: Settings, route: str) -> None:
+    """A JPEG of more empty APP segments than ``max_image_segments`` (PIL parses each in Python, on the event
+    loop for the header check): refused before PIL sees it."""
+    jpeg = _image("JPEG")
+    over = jpeg[:2] + b"\xff\xe5\x00\x02" * (settings.max_image_segments + 1) + jpeg[2:]
+    response = client.post(route, files={"file": ("a.jpg", over, "image/jpeg")})
+    _assert_error(response, 413, "payload_too_large")
+    assert f"more than {settings.max_image_segments} markers" in response.json()["error"]["message"]

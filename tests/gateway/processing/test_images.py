@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -486,3 +487,59 @@ def test_a_one_scan_sequential_jpeg_is_not_counted() -> None:
     assert not images._one_scan(_encode(_BASE, "JPEG", progressive=True))
     assert not images._one_scan(_astronaut_jpeg((96, 64), "CMYK", progressive=True))
     images.check_jpeg_scans(_more_scans(baseline, 200), 100)  # not refused: libjpeg stops after the first
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _segment_bombs(n: int) -> dict[str, bytes]:
+    """Small images with ``n`` of what PIL steps over one at a time in Python before the pixels."""
+    jpeg, png = _encode(_BASE, "JPEG"), _encode(_BASE, "PNG")
+    after_ihdr = len(b"\x89PNG\r\n\x1a\n") + 25
+    return {
+        "jpeg-app-segments": jpeg[:2] + b"\xff\xe5\x00\x02" * n + jpeg[2:],
+        "jpeg-fill-bytes": jpeg[:2] + b"\xff" * n + jpeg[2:],
+        "jpeg-junk-bytes": jpeg[:2] + b"\xff\xfe\x00\x02" + b"\x00" * n + jpeg[2:],
+        "png-chunks": png[:after_ihdr] + _png_chunk(b"abCd", b"") * n + png[after_ihdr:],
+    }
+
+
+@pytest.mark.parametrize("name", list(_segment_bombs(1)))
+def test_an_image_of_more_segments_than_the_limit_is_413_before_pil_parses_it(name: str) -> None:
+    """Found by fuzzing: PIL parses JPEG markers (fill and junk bytes one by one) and PNG chunks in Python,
+    the header check on the event loop: a 19 MB JPEG of empty APP segments held the gateway's event loop for
+    15 s. Past ``max_segments`` every entry point refuses it first; well under it the image decodes as before."""
+    over = _segment_bombs(10_001)[name]
+    for fast_jpeg in (True, False):
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            read_header(over, _MAX, 0.0, fast_jpeg, max_segments=10_000)
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            classify_input(over, _MAX, 0.0, 64, 32, fast_jpeg=fast_jpeg, max_segments=10_000)
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            detect_input(over, _MAX, 0.0, 64, fast_jpeg=fast_jpeg, max_segments=10_000)
+    with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+        load_scaled(over, _MAX, 0.0, max_segments=10_000)
+    under = _segment_bombs(9_000)[name]
+    assert read_header(under, _MAX, 0.0, max_segments=10_000) == read_header(under, _MAX, 0.0, max_segments=0)
+    np.testing.assert_array_equal(
+        classify_input(under, _MAX, 0.0, 64, 32, max_segments=10_000),
+        classify_input(under, _MAX, 0.0, 64, 32, max_segments=0),
+    )
+    classify_input(over, _MAX, 0.0, 64, 32, max_segments=0)  # 0: no limit
+
+
+def test_the_segment_count_follows_pils_steps() -> None:
+    """Segments, fill bytes and junk bytes count one each, up to the first scan; a PNG counts every chunk."""
+    jpeg = _encode(_BASE, "JPEG")
+    plain = images._jpeg_steps(jpeg, 10_000)
+    assert 3 <= plain <= 12  # APP0, DQT x2, SOF, DHT x4, SOS: what PIL writes
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xe5\x00\x02" * 7 + jpeg[2:], 10_000) == plain + 7
+    assert images._jpeg_steps(jpeg[:2] + b"\xff" * 7 + jpeg[2:], 10_000) == plain + 7
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xfe\x00\x02" + b"\x00" * 7 + jpeg[2:], 10_000) == plain + 8
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xe5\x00\x02" * 50 + jpeg[2:], 20) == 21  # stops past the limit
+    png = _encode(_BASE, "PNG")
+    assert images._png_chunks(png, 10_000) == 3  # IHDR, IDAT, IEND
+    for corpus in (_FAST_CORPUS, _MODES, _DECLINED):
+        for data in corpus.values():
+            images.check_segments(data, 100)  # real files are far under any limit
