@@ -403,7 +403,8 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Most parts in a ``multipart/form-data`` upload to ``/detect`` or ``/classify`` (one is the "
-            "``file``; others are ignored); more: 413 ``payload_too_large``."
+            "``file``; others are ignored); more: 413 ``payload_too_large``. Also how many times the boundary "
+            "may occur inside part data (RFC 2046 wants none); more: 400 ``invalid_multipart``."
         ),
     )
     malloc_mmap_threshold_bytes: int | None = Field(
