@@ -11,9 +11,10 @@ epilogue after the closing one (both ignored, RFC 2046); transport padding (spac
 delimiter; header names in any case. What is refused with :class:`~gateway.errors.InvalidMultipart`
 (400): no boundary, no delimiter in the body, a part not ended by a delimiter (no closing
 delimiter), lone-LF line ends, a header line without a colon or a folded one, a part without a
-``Content-Disposition`` ``name``, the boundary occurring in part data (followed by anything but
-what ends a delimiter line) more than ``max_parts`` times in the body (each costs a Python step on
-the event loop). More than ``max_parts`` parts: :class:`~gateway.errors.PayloadTooLarge` (413).
+``Content-Disposition`` ``name``, a part's headers over ``max_header_bytes``, the boundary occurring
+in part data (followed by anything but what ends a delimiter line) more than ``max_parts`` times in
+the body (those two each cost Python steps on the event loop). More than ``max_parts`` parts:
+:class:`~gateway.errors.PayloadTooLarge` (413).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def boundary(content_type: str) -> bytes:
         raise InvalidMultipart("the multipart boundary is not ASCII") from None
 
 
-def parse(body: bytes, boundary: bytes, max_parts: int) -> list[Part]:
-    """Every part of ``body`` in order; see the module docstring for what is refused."""
+def parse(body: bytes, boundary: bytes, max_parts: int, max_header_bytes: int = 0) -> list[Part]:
+    """Every part of ``body`` in order; see the module docstring for what is refused. ``max_header_bytes``:
+    the largest header block of a part (0: no limit)."""
     delimiter = b"--" + boundary
     separator = _CRLF + delimiter  # what ends a part
     # The boundary followed by anything but what ends a delimiter line is data, skipped one find at a time on
@@ -92,7 +94,7 @@ def parse(body: bytes, boundary: bytes, max_parts: int) -> list[Part]:
             raise PayloadTooLarge(f"the multipart body has more than {max_parts} parts")
         start = line_end + 2
         end = _delimiter_at(body, separator, start, "a part is not ended by a boundary", skips)
-        parts.append(_part(body[start:end]))
+        parts.append(_part(body[start:end], max_header_bytes))
         pos = end + len(separator)
 
 
@@ -121,7 +123,7 @@ def _delimiter_at(body: bytes, separator: bytes, start: int, missing: str, skips
     raise InvalidMultipart(f"Invalid multipart data: {missing}.")
 
 
-def _part(raw: bytes) -> Part:
+def _part(raw: bytes, max_header_bytes: int = 0) -> Part:
     """One part: its headers, a blank line, its data (the CRLF before the next delimiter excluded)."""
     if raw.startswith(_CRLF):  # no headers
         head, data = b"", raw[2:]
@@ -131,6 +133,9 @@ def _part(raw: bytes) -> Part:
         head, data = raw[:-2], b""
     else:
         raise InvalidMultipart("Invalid multipart data: a part's headers are not ended by a blank line.")
+    if max_header_bytes and len(head) > max_header_bytes:
+        # Parsed line by line and parameter by parameter on the event loop: megabytes of them took seconds.
+        raise InvalidMultipart(f"Invalid multipart data: a part's headers exceed {max_header_bytes} bytes.")
     headers: dict[str, str] = {}
     for line in head.split(_CRLF) if head else ():
         field, colon, value = line.partition(b":")

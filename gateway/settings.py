@@ -168,7 +168,8 @@ class Settings(BaseSettings):
         default=16 * 1024,
         description=(
             "Largest request line plus headers; over it 431 ``headers_too_large`` and the connection is "
-            "closed (with either ``http_parser``: the gateway stops buffering at this size)."
+            "closed (with either ``http_parser``: the gateway stops buffering at this size). Also the largest "
+            "header block of one part of a multipart upload; over it 400 ``invalid_multipart``."
         ),
     )
     header_timeout_s: float = Field(

@@ -82,8 +82,21 @@ _PNG_PART = (
         ({"json": {"file": "a.png"}}, 422, "validation_error"),
         ({"content": _image("GIF"), "headers": {"content-type": "image/gif"}}, 415, "unsupported_media_type"),
         ({"content": b"not a png", "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
+        (_form(_PNG_PART.replace(b"a.png", b"a" * 20_000)), 400, "invalid_multipart"),  # over max_header_bytes
+        (_form(b"\r\n--BBx" * 17 + _PNG_PART), 400, "invalid_multipart"),  # the boundary in data, > max_form_parts
     ],
-    ids=["malformed", "no-boundary", "two-files", "plain-field", "other-field", "json", "raw-gif", "raw-garbage"],
+    ids=[
+        "malformed",
+        "no-boundary",
+        "two-files",
+        "plain-field",
+        "other-field",
+        "json",
+        "raw-gif",
+        "raw-garbage",
+        "long-part-header",
+        "boundary-in-data",
+    ],
 )
 def test_bad_bodies(client: TestClient, route: str, request_kwargs: dict[str, object], status: int, code: str) -> None:
     _assert_error(client.post(route, **request_kwargs), status, code)  # type: ignore[arg-type]

@@ -203,3 +203,23 @@ def test_padding_after_a_boundary_is_read_in_one_step() -> None:
     assert [p.data for p in parse(padded)] == [b"img", b"img2"]
     (part,) = parse(body((FILE, b"\r\n--BB" + b" " * 1000 + b"x")))
     assert part.data == b"\r\n--BB" + b" " * 1000 + b"x"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'Content-Disposition: form-data; name="file"; filename="' + b"a" * 20_000,  # an unterminated quote
+        FILE + b"\r\nX-A: b" * 4_000,
+    ],
+    ids=["long-parameter", "many-lines"],
+)
+def test_a_part_header_block_over_max_header_bytes_is_invalid_multipart(head: bytes) -> None:
+    """A part's headers are parsed line by line and parameter by parameter on the event loop (a 20 MB
+    unterminated filename took seconds, found by fuzzing): past ``max_header_bytes`` they are refused
+    before that; 0 means no limit, as before."""
+    raw = body((head, b"img"))
+    with pytest.raises(InvalidMultipart, match="a part's headers exceed 16384 bytes"):
+        multipart.parse(raw, b"BB", 16, 16 * 1024)
+    (part,) = multipart.parse(raw, b"BB", 16, 0)
+    assert part.data == b"img"
+    assert multipart.parse(body((FILE, b"img")), b"BB", 16, len(FILE))[0].data == b"img"  # at the limit
