@@ -52,7 +52,7 @@ class BufferedBody:
     max_header_bytes: largest request target plus headers; 0: unbounded (431).
     retry_after_s: the ``Retry-After`` given with a 503.
     path_max_bytes: a smaller largest body for some paths (e.g. ``/qa``, whose JSON body is parsed on
-        the event loop), instead of ``max_bytes``.
+        the event loop); ``max_bytes`` still bounds them.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class BufferedBody:
                 chunked = True
         if not chunked and not length:
             return _NO_BODY
-        max_bytes = self.path_max_bytes.get(scope["path"], self.max_bytes)
+        max_bytes = min(self.max_bytes, self.path_max_bytes.get(scope["path"], self.max_bytes))
         if length is not None and length > max_bytes:
             raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
         if self.max_concurrent and self.reading >= self.max_concurrent:

@@ -204,5 +204,8 @@ def test_a_path_with_its_own_limit_gets_413_past_it_other_paths_keep_theirs() ->
         at_limit = await _call(app, _scope([(b"content-length", b"10")], "/qa"), _client([b"x" * 10]))
         other = await _call(app, _scope([(b"content-length", b"100")]), _client([b"x" * 100]))
         assert (at_limit[0], other[0], inner.bodies) == (200, 200, [b"x" * 10, b"x" * 100])
+        larger = BufferedBody(inner, max_bytes=10, timeout_s=5, path_max_bytes={"/qa": 100})  # max_bytes still holds
+        status, _, body = await _call(larger, _scope([(b"content-length", b"11")], "/qa"), _client([b"x" * 11]))
+        assert (status, _code(body)) == (413, "payload_too_large")
 
     _run(scenario)
