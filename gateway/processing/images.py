@@ -126,6 +126,26 @@ def check_segments(data: bytes, max_segments: int) -> None:
         raise PayloadTooLarge(f"the image has more than {max_segments} {what} (the limit)")
 
 
+_PIL_FORMATS = tuple(sorted(ACCEPTED_FORMATS))
+_JPEG_FAMILY = frozenset({"MPO"})  # PIL's JPEG plugin opens these: a corrupt JPEG is not one of them
+
+
+def _refused_format(prefix: bytes) -> str | None:
+    """The format of another PIL plugin that takes a file starting with ``prefix`` (PIL reads 16 bytes), by the
+    plugins' prefix checks alone; None for none. Their parsers run in Python, on the event loop for the header
+    check, before the format is refused: a 19.5 MB EPS of comment lines took 14.5 s, a PPM 7 s, a GIF 3.6 s."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if name in ACCEPTED_FORMATS or name in _JPEG_FAMILY or accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return name
+        except Exception:  # a plugin's check of a short or odd prefix: not that format
+            continue
+    return None
+
+
 def _open(
     data: bytes, max_pixels: int, max_aspect_ratio: float, max_segments: int = MAX_IMAGE_SEGMENTS
 ) -> tuple[Image.Image, ImageHeader]:
@@ -133,9 +153,15 @@ def _open(
         raise InvalidImage("empty image upload")
     check_segments(data, max_segments)
     try:
-        # Image.open reads only the header: format and size are checked before any pixel is decoded.
-        image = Image.open(io.BytesIO(data))
+        # Image.open reads only the header: format and size are checked before any pixel is decoded. Only the
+        # accepted formats' plugins may parse it (see _refused_format).
+        image = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError as exc:
+        refused = _refused_format(data[:16])
+        if refused is not None:
+            raise UnsupportedMediaType(
+                f"image format {refused} is not supported; send one of {sorted(ACCEPTED_FORMATS)}"
+            ) from exc
         raise InvalidImage("not a decodable image; send a JPEG, PNG or WebP file") from exc
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
