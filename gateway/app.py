@@ -168,6 +168,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         max_concurrent=settings.max_body_reads,
         max_buffered_bytes=settings.max_buffered_body_bytes,
         max_header_bytes=settings.max_header_bytes,
+        path_max_bytes={"/qa": settings.max_qa_body_bytes},
     )
     if settings.rate_limit_per_s > 0:
         buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients)

@@ -7,7 +7,8 @@ is not read):
 
 - 431 ``headers_too_large``: request target and headers over ``max_header_bytes`` (uvicorn's parser
   refuses most of these before a request exists; this is the exact check).
-- 413 ``payload_too_large``: ``Content-Length`` or the bytes received over ``max_bytes``.
+- 413 ``payload_too_large``: ``Content-Length`` or the bytes received over ``max_bytes`` (or the
+  path's own limit in ``path_max_bytes``).
 - 408 ``request_timeout``: the body did not arrive in full within ``timeout_s``.
 - 503 ``overloaded`` with ``Retry-After``: ``max_concurrent`` bodies are already being read, or the
   body would take the bytes held across all requests over ``max_buffered_bytes``.
@@ -50,6 +51,8 @@ class BufferedBody:
         request is answered; 0: unbounded (503).
     max_header_bytes: largest request target plus headers; 0: unbounded (431).
     retry_after_s: the ``Retry-After`` given with a 503.
+    path_max_bytes: a smaller largest body for some paths (e.g. ``/qa``, whose JSON body is parsed on
+        the event loop); ``max_bytes`` still bounds them.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class BufferedBody:
         max_buffered_bytes: int = 0,
         max_header_bytes: int = 0,
         retry_after_s: int = 1,
+        path_max_bytes: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
@@ -69,6 +73,7 @@ class BufferedBody:
         self.max_buffered_bytes = max_buffered_bytes
         self.max_header_bytes = max_header_bytes
         self.retry_after_s = retry_after_s
+        self.path_max_bytes = path_max_bytes or {}
         self.reading = 0  # bodies being read now
         self.buffered = 0  # body bytes held now (reserved from Content-Length, or counted as they come)
 
@@ -106,21 +111,22 @@ class BufferedBody:
                 chunked = True
         if not chunked and not length:
             return _NO_BODY
-        if length is not None and length > self.max_bytes:
-            raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        max_bytes = min(self.max_bytes, self.path_max_bytes.get(scope["path"], self.max_bytes))
+        if length is not None and length > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
         if self.max_concurrent and self.reading >= self.max_concurrent:
             raise Overloaded(f"{self.max_concurrent} uploads already in progress; retry")
         self._reserve(share, length or 0)
         self.reading += 1  # single event loop: no lock needed
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._read(receive, share)
+                return await self._read(receive, share, max_bytes)
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {self.timeout_s:g} s") from None
         finally:
             self.reading -= 1
 
-    async def _read(self, receive: Receive, share: _Share) -> bytes | None:
+    async def _read(self, receive: Receive, share: _Share, max_bytes: int) -> bytes | None:
         chunks: list[bytes] = []
         received = 0
         while True:
@@ -129,8 +135,8 @@ class BufferedBody:
                 return None
             chunk: bytes = message.get("body", b"")
             received += len(chunk)
-            if received > self.max_bytes:
-                raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+            if received > max_bytes:
+                raise PayloadTooLarge(f"request body exceeds {max_bytes} bytes")
             self._reserve(share, received)
             if chunk:
                 chunks.append(chunk)

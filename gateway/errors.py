@@ -154,3 +154,10 @@ class UpstreamTimeout(UpstreamError):
 class InferenceFailed(UpstreamError):
     status_code = 502
     code = "inference_failed"
+
+
+def is_rust_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Rust panic raised through pyo3 (``pyo3_runtime.PanicException``, e.g. from the
+    tokenizers library): a ``BaseException``, so ``except Exception`` does not catch it."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"

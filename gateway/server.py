@@ -293,4 +293,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "http": http,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,  # SIGTERM: drain at most this long
+        # No WebSocket routes: an Upgrade request is answered as plain HTTP (uvicorn's handshake answered
+        # every one with a bare 403, no JSON body, no X-Request-ID).
+        "ws": "none",
     }

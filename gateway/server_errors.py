@@ -4,7 +4,8 @@ Starlette's own catch-all (``ServerErrorMiddleware``) sits outside every user mi
 500 carried no ``X-Request-ID``, and it re-raises, so the server closed the connection. Installed
 just inside :class:`gateway.request_id.RequestId`, this one answers ``500 internal_error`` with the
 request id, logs the traceback with that id, and re-raises nothing: the keep-alive connection
-serves the next request.
+serves the next request. A Rust panic raised through pyo3 (``PanicException``, a ``BaseException``) is
+answered so too; other ``BaseException``s (cancellation, exit) are re-raised.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import request_id
 from gateway._asgi import send_json_error
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, is_rust_panic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ class ServerErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and not is_rust_panic(exc):
+                raise  # cancellation, exit: not an error of this request
             LOGGER.exception(
                 "unhandled error in %s %s (request id %s)", scope["method"], scope["path"], request_id.current.get()
             )

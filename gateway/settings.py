@@ -168,7 +168,8 @@ class Settings(BaseSettings):
         default=16 * 1024,
         description=(
             "Largest request line plus headers; over it 431 ``headers_too_large`` and the connection is "
-            "closed (with either ``http_parser``: the gateway stops buffering at this size)."
+            "closed (with either ``http_parser``: the gateway stops buffering at this size). Also the largest "
+            "header block of one part of a multipart upload; over it 400 ``invalid_multipart``."
         ),
     )
     header_timeout_s: float = Field(
@@ -403,7 +404,8 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Most parts in a ``multipart/form-data`` upload to ``/detect`` or ``/classify`` (one is the "
-            "``file``; others are ignored); more: 413 ``payload_too_large``."
+            "``file``; others are ignored); more: 413 ``payload_too_large``. Also how many times the boundary "
+            "may occur inside part data (RFC 2046 wants none); more: 400 ``invalid_multipart``."
         ),
     )
     malloc_mmap_threshold_bytes: int | None = Field(
@@ -441,6 +443,33 @@ class Settings(BaseSettings):
             "FastAPI's native OpenTelemetry instrumentation (traces, metrics and logs through the global "
             "providers an installed OpenTelemetry SDK configures). Off by default: the gateway ships no SDK, "
             "and the instrumentation's check for configured providers costs CPU on every request."
+        ),
+    )
+    max_jpeg_scans: int = Field(
+        default=100,
+        description=(
+            "Most scans of a JPEG upload (progressive, or one scan per component); more: 413 "
+            "``payload_too_large``, before decoding (0: no limit). Each scan costs about a decode of the image, "
+            "and can be a few bytes: without a limit a 94 kB JPEG took 37 s of CPU. libjpeg writes 10 (6 for grey)."
+        ),
+    )
+    max_image_segments: int = Field(
+        default=10_000,
+        description=(
+            "Most markers (segments, fill or junk bytes, Photoshop resource blocks) before a JPEG upload's first "
+            "scan, or chunks of a PNG; "
+            "more: 413 ``payload_too_large``, before PIL parses them (0: no limit). PIL steps over each in "
+            "Python, the header check on the event loop: a 19 MB JPEG of empty segments held it for 15 s. "
+            "Real files have tens; a 20 MB PNG with libpng's 8 kB IDAT chunks about 2,600."
+        ),
+    )
+    max_qa_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        description=(
+            "Largest ``/qa`` request body, refused before parsing with 413 ``payload_too_large`` (instead of "
+            "``max_body_bytes``): the JSON is parsed on the event loop, and a 13 MB body of a million keys held "
+            "it for 1.4 s. It must hold ``qa_max_context_chars`` characters JSON-escaped (up to 12 bytes each, "
+            "an escaped emoji)."
         ),
     )
 

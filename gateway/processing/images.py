@@ -66,13 +66,121 @@ class ImageHeader:
         return self.width * self.height * decode_bytes_per_pixel(self.mode)
 
 
-def _open(data: bytes, max_pixels: int, max_aspect_ratio: float) -> tuple[Image.Image, ImageHeader]:
+# PIL parses a JPEG's markers before its first scan, and a PNG's chunks, one by one in Python (a few
+# microseconds each; fill and junk bytes between JPEG markers one byte at a time): a 19 MB JPEG of empty APP
+# segments held the event loop (the header check) for 15 s. Real files have tens, a large PNG a few thousand
+# IDAT chunks (libpng writes 8 kB ones).
+MAX_IMAGE_SEGMENTS = 10_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # no length follows (TEM, RSTn, SOI)
+_PHOTOSHOP_PREFIX = b"Photoshop 3.0\x00"
+
+
+def _jpeg_steps(data: bytes, limit: int) -> int:
+    """The steps of PIL's marker loop before the first scan (a segment, a fill or junk byte, a Photoshop resource
+    block each), counted up to ``limit + 1``."""
+    steps, i, size = 0, 2, len(data)
+    while i + 1 < size and steps <= limit:
+        if data[i] != 0xFF:  # junk, skipped byte by byte
+            junk_end = data.find(b"\xff", i)
+            junk_end = size if junk_end < 0 else junk_end
+            steps, i = steps + junk_end - i, junk_end
+            continue
+        steps += 1
+        marker = data[i + 1]
+        if marker == _SOS:
+            break
+        if marker in (0xFF, 0x00) or marker in _JPEG_STANDALONE:
+            i += 1 if marker == 0xFF else 2
+        elif i + 4 > size:
+            break
+        else:
+            end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+            if marker == 0xED and data.startswith(_PHOTOSHOP_PREFIX, i + 4):
+                steps += _photoshop_blocks(data, i + 4 + len(_PHOTOSHOP_PREFIX), min(end, size), limit - steps)
+            i = end
+    return steps
+
+
+def _photoshop_blocks(data: bytes, i: int, end: int, limit: int) -> int:
+    """The resource blocks of an APP13 Photoshop segment ``data[i:end]`` that PIL's loop reads one by one
+    (at least 12 bytes each: 19.7 MB of them took it 2 s), counted up to ``limit + 1``."""
+    blocks = 0
+    while blocks <= limit and i + 12 <= end and data.startswith(b"8BIM", i):
+        blocks += 1
+        i += 6  # signature, resource id
+        i += 1 + data[i]  # Pascal name
+        i += i & 1
+        if i + 4 > end:
+            break
+        i += 4 + int.from_bytes(data[i : i + 4], "big")
+        i += i & 1
+    return blocks
+
+
+def _png_chunks(data: bytes, limit: int) -> int:
+    """The chunks of a PNG, counted up to ``limit + 1``."""
+    chunks, i, size = 0, len(_PNG_SIGNATURE), len(data)
+    while i + 8 <= size and chunks <= limit:
+        chunks += 1
+        if data[i + 4 : i + 8] == b"IEND":
+            break
+        i += 12 + int.from_bytes(data[i : i + 4], "big")
+    return chunks
+
+
+def check_segments(data: bytes, max_segments: int) -> None:
+    """413 for a JPEG of more than ``max_segments`` markers (and fill or junk bytes) before its first scan, or a PNG
+    of more chunks, before PIL parses them (0: no limit). Python steps over the segments, not their bytes:
+    microseconds for real files."""
+    if not max_segments:
+        return
+    if data.startswith(_SOI):
+        what, count = "markers (or Photoshop resource blocks) before its first scan", _jpeg_steps(data, max_segments)
+    elif data.startswith(_PNG_SIGNATURE):
+        what, count = "chunks", _png_chunks(data, max_segments)
+    else:
+        return
+    if count > max_segments:
+        raise PayloadTooLarge(f"the image has more than {max_segments} {what} (the limit)")
+
+
+_PIL_FORMATS = tuple(sorted(ACCEPTED_FORMATS))
+_JPEG_FAMILY = frozenset({"MPO"})  # PIL's JPEG plugin opens these: a corrupt JPEG is not one of them
+
+
+def _refused_format(prefix: bytes) -> str | None:
+    """The format of another PIL plugin that takes a file starting with ``prefix`` (PIL reads 16 bytes), by the
+    plugins' prefix checks alone; None for none. Their parsers run in Python, on the event loop for the header
+    check, before the format is refused: a 19.5 MB EPS of comment lines took 14.5 s, a PPM 7 s, a GIF 3.6 s."""
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        if name in ACCEPTED_FORMATS or name in _JPEG_FAMILY or accept is None:
+            continue
+        try:
+            if accept(prefix):
+                return name
+        except Exception:  # a plugin's check of a short or odd prefix: not that format
+            continue
+    return None
+
+
+def _open(
+    data: bytes, max_pixels: int, max_aspect_ratio: float, max_segments: int = MAX_IMAGE_SEGMENTS
+) -> tuple[Image.Image, ImageHeader]:
     if not data:
         raise InvalidImage("empty image upload")
+    check_segments(data, max_segments)
     try:
-        # Image.open reads only the header: format and size are checked before any pixel is decoded.
-        image = Image.open(io.BytesIO(data))
+        # Image.open reads only the header: format and size are checked before any pixel is decoded. Only the
+        # accepted formats' plugins may parse it (see _refused_format).
+        image = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError as exc:
+        refused = _refused_format(data[:16])
+        if refused is not None:
+            raise UnsupportedMediaType(
+                f"image format {refused} is not supported; send one of {sorted(ACCEPTED_FORMATS)}"
+            ) from exc
         raise InvalidImage("not a decodable image; send a JPEG, PNG or WebP file") from exc
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
@@ -322,15 +430,64 @@ def _fast_jpeg_scaled(
     return array, full
 
 
-def read_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, fast_jpeg: bool = True) -> ImageHeader:
+# A JPEG of several scans (progressive, or sequential with a scan per component) is decoded scan by scan over
+# the whole image: each scan costs about a decode of its components, and a scan can be a few bytes. A 94 kB
+# progressive 4000x4000 JPEG with its last scan repeated 1000 times took 37 s of CPU to decode (both paths), far
+# past any request deadline (its thread cannot be stopped). libjpeg writes 10 scans (6 for grey).
+MAX_JPEG_SCANS = 100
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+
+
+def _one_scan(data: bytes) -> bool:
+    """Whether ``data`` is plainly a sequential JPEG whose first scan holds every component: libjpeg then
+    reads that one scan and nothing after it (cheap to tell from the markers before it)."""
+    components = None
+    i, size = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        if i + 5 > size:
+            return False
+        prefix, marker, length = _SEGMENT.unpack_from(data, i)
+        if prefix != 0xFF:
+            return False
+        if marker == _SOS:
+            return components is not None and data[i + 4] == components
+        if marker in _SOF:
+            if components is not None or marker not in _SEQUENTIAL_SOF or i + 10 > size:
+                return False
+            components = data[i + 9]
+        i += 2 + length
+    return False
+
+
+def check_jpeg_scans(data: bytes, max_scans: int) -> None:
+    """413 for a JPEG with more than ``max_scans`` scans (0: no limit), before any of it is decoded.
+
+    Counted only where there may be several (a sequential JPEG with one interleaved scan, the usual camera
+    or encoder output, costs nothing): every start-of-scan marker in the file (0xFF 0xDA cannot occur in
+    entropy-coded data; an EXIF thumbnail's own scans count too), about 1 ms a megabyte.
+    """
+    if not max_scans or not data.startswith(_SOI) or _one_scan(data):
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > max_scans:
+        raise PayloadTooLarge(f"the JPEG has {scans} scans; the limit is {max_scans}")
+
+
+def read_header(
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float = 0.0,
+    fast_jpeg: bool = True,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
+) -> ImageHeader:
     """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse.
     ``fast_jpeg``: a JPEG's header read by libjpeg-turbo directly (the same answer, a few microseconds
-    instead of PIL's tens)."""
+    instead of PIL's tens). ``max_segments``: see :func:`check_segments`."""
     if fast_jpeg:
         jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
         if jpeg is not None:
             return jpeg.header
-    return _open(data, max_pixels, max_aspect_ratio)[1]
+    return _open(data, max_pixels, max_aspect_ratio, max_segments)[1]
 
 
 def load_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> Image.Image:
@@ -344,7 +501,12 @@ def load_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> I
 
 
 def load_scaled(
-    data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0, scale: Callable[[int, int], float] | None = None
+    data: bytes,
+    max_pixels: int,
+    max_aspect_ratio: float = 0.0,
+    scale: Callable[[int, int], float] | None = None,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """As :func:`load_image`, for an image about to be resized; also its full upright size.
 
@@ -353,9 +515,11 @@ def load_scaled(
     the smallest DCT-domain scale (1/2, 1/4, 1/8) that still keeps both sides at least that factor
     times the full size (PIL ``draft``), so the resize that follows gets at least the pixels it
     needs; other formats, and factors above 1/2, decode in full. Returns the image and the
-    (width, height) the full decode has.
+    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans: 413 (0: no limit);
+    ``max_segments``: see :func:`check_segments`.
     """
-    image, header = _open(data, max_pixels, max_aspect_ratio)
+    image, header = _open(data, max_pixels, max_aspect_ratio, max_segments)
+    check_jpeg_scans(data, max_jpeg_scans)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
@@ -384,13 +548,18 @@ def _load_scaled(
     scale: Callable[[int, int], float] | None,
     fast_jpeg: bool,
     pil: bool = False,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
     """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
     if fast_jpeg:
+        # Before the fast path, which would decode every scan too before it declined (libjpeg warns).
+        check_jpeg_scans(data, max_jpeg_scans)
         fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil)
         if fast is not None:
             return fast
-    return load_scaled(data, max_pixels, max_aspect_ratio, scale)
+        max_jpeg_scans = 0  # checked
+    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans, max_segments)
 
 
 def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> np.ndarray:
@@ -487,13 +656,18 @@ def detect_input(
     reduced_decode: bool = True,
     out: np.ndarray | None = None,
     fast_jpeg: bool = True,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
     it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the same pixels)
     and letterbox to ``size`` (into ``out`` when given, see :func:`letterbox`). The served path and every
-    reference use this."""
+    reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more than
+    ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg)
+    image, full = _load_scaled(
+        data, max_pixels, max_aspect_ratio, scale, fast_jpeg, False, max_jpeg_scans, max_segments
+    )
     return letterbox(image, size, pad_value, full, out)
 
 
@@ -526,11 +700,14 @@ def classify_input(
     crop: int,
     reduced_decode: bool = True,
     fast_jpeg: bool = True,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_segments: int = MAX_IMAGE_SEGMENTS,
 ) -> np.ndarray:
     """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
     shrinks it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the
     same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
-    every reference use this."""
+    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more
+    than ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, pil=True)
+    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, True, max_jpeg_scans, max_segments)
     return resize_center_crop(image, resize, crop, full)

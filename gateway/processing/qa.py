@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 from tokenizers.implementations import BaseTokenizer
 
-from gateway.errors import InvalidText
+from gateway.errors import InvalidText, is_rust_panic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,12 @@ def encode_qa(tokenizer: BaseTokenizer, question: str, context: str, max_questio
         raise InvalidText("context is empty")
     try:
         encoding = tokenizer.encode(question, context)
-    except Exception as exc:  # the Rust tokenizer raises a bare Exception when the question fills the window
+    except BaseException as exc:
+        # The Rust tokenizer raises a bare Exception when the question fills the window, and panics when it
+        # leaves the context no more tokens than the window stride (and the context must be cut): pyo3's
+        # PanicException, a BaseException that nothing else catches (a plain-text 500 without request id).
+        if not isinstance(exc, Exception) and not is_rust_panic(exc):
+            raise
         raise InvalidText(f"question is too long for a {seq_len}-token window") from exc
     n_question = encoding.sequence_ids.count(0)
     if n_question > max_question_tokens:

@@ -52,10 +52,11 @@ def _invalid_file(message: str, error_type: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", "file"), "msg": message, "type": error_type}])
 
 
-async def image_upload(request: Request, max_parts: int) -> multipart.Part:
+async def image_upload(request: Request, max_parts: int, max_header_bytes: int = 0) -> multipart.Part:
     """The uploaded image: the one ``file`` part of a multipart body, or a raw ``image/*`` body.
 
-    400 ``invalid_multipart`` for a multipart body that cannot be parsed, 413 for more than
+    400 ``invalid_multipart`` for a multipart body that cannot be parsed (or a part's headers over
+    ``max_header_bytes``, 0: no limit), 413 for more than
     ``max_parts`` parts, 422 ``validation_error`` for no ``file`` part (or no image body), a ``file``
     field that is not a file upload, or more than one ``file`` part.
     """
@@ -63,7 +64,8 @@ async def image_upload(request: Request, max_parts: int) -> multipart.Part:
     media_type = content_type.partition(";")[0].strip().lower()
     body = await request.body()  # already in memory: gateway.body_limit.BufferedBody read it
     if media_type == "multipart/form-data":
-        files = [p for p in multipart.parse(body, multipart.boundary(content_type), max_parts) if p.name == "file"]
+        parts = multipart.parse(body, multipart.boundary(content_type), max_parts, max_header_bytes)
+        files = [p for p in parts if p.name == "file"]
         if not files:
             raise _invalid_file("Field required", "missing")
         if len(files) > 1:

@@ -23,7 +23,8 @@ async def classify_image(
 ) -> Response:
     """ImageNet-1k classification: resize 256, centre crop 224, softmax top-k."""
     services, settings = services_of(request), settings_of(request)
-    upload = await image_upload(request, settings.max_form_parts)  # the body is documented by IMAGE_BODY
+    # The body is documented by IMAGE_BODY.
+    upload = await image_upload(request, settings.max_form_parts, settings.max_header_bytes)
     task = services.classifier(model)
     data = read_upload(upload, settings.max_upload_bytes)
     ranked = await task(ClassifyQuery(data, top_k))

@@ -24,7 +24,8 @@ async def detect_objects(
 ) -> Response:
     """COCO object detection; boxes are in the uploaded image's (EXIF-upright) pixels."""
     services, settings = services_of(request), settings_of(request)
-    upload = await image_upload(request, settings.max_form_parts)  # the body is documented by IMAGE_BODY
+    # The body is documented by IMAGE_BODY.
+    upload = await image_upload(request, settings.max_form_parts, settings.max_header_bytes)
     task = services.detector(model)
     data = read_upload(upload, settings.max_upload_bytes)
     result = await task(DetectQuery(data, conf_threshold, iou_threshold))

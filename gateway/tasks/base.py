@@ -167,6 +167,8 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
     async def admitted(self, request: ImageQueryT) -> AsyncIterator[None]:
         """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
         s = self.settings
-        header = read_header(request.image, s.max_image_pixels, s.max_image_aspect_ratio, s.fast_jpeg)
+        header = read_header(
+            request.image, s.max_image_pixels, s.max_image_aspect_ratio, s.fast_jpeg, s.max_image_segments
+        )
         async with self.budget.reserve(header.decode_bytes):
             yield

@@ -46,6 +46,8 @@ class ClassifyTask(ImageTask[ClassifyQuery, np.ndarray, list[tuple[int, float]]]
             self.crop,
             s.reduced_decode,
             s.fast_jpeg,
+            s.max_jpeg_scans,
+            s.max_image_segments,
         )
         return crop[None]
 

@@ -121,6 +121,8 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             reduced_decode=s.reduced_decode,
             out=out,
             fast_jpeg=s.fast_jpeg,
+            max_jpeg_scans=s.max_jpeg_scans,
+            max_segments=s.max_image_segments,
         )
         return DetectFeatures(canvas[None], box, region)
 

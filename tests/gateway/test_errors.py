@@ -82,8 +82,21 @@ _PNG_PART = (
         ({"json": {"file": "a.png"}}, 422, "validation_error"),
         ({"content": _image("GIF"), "headers": {"content-type": "image/gif"}}, 415, "unsupported_media_type"),
         ({"content": b"not a png", "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
+        (_form(_PNG_PART.replace(b"a.png", b"a" * 20_000)), 400, "invalid_multipart"),  # over max_header_bytes
+        (_form(b"\r\n--BBx" * 17 + _PNG_PART), 400, "invalid_multipart"),  # the boundary in data, > max_form_parts
     ],
-    ids=["malformed", "no-boundary", "two-files", "plain-field", "other-field", "json", "raw-gif", "raw-garbage"],
+    ids=[
+        "malformed",
+        "no-boundary",
+        "two-files",
+        "plain-field",
+        "other-field",
+        "json",
+        "raw-gif",
+        "raw-garbage",
+        "long-part-header",
+        "boundary-in-data",
+    ],
 )
 def test_bad_bodies(client: TestClient, route: str, request_kwargs: dict[str, object], status: int, code: str) -> None:
     _assert_error(client.post(route, **request_kwargs), status, code)  # type: ignore[arg-type]
@@ -215,3 +228,35 @@ def test_image_over_the_whole_decoding_budget_is_413(settings: Settings) -> None
         response = test_client.post("/detect", files={"file": ("a.png", _image("PNG", (32, 32)), "image/png")})
         _assert_error(response, 413, "payload_too_large")
         assert "budget" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_a_jpeg_of_more_scans_than_the_limit_is_413(client: TestClient, settings: Settings, route: str) -> None:
+    """A progressive JPEG with its last scan repeated past ``max_jpeg_scans`` (each scan costs about a decode
+    of the image): refused before decoding; at the limit it is served."""
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(buffer, "JPEG", progressive=True)
+    jpeg = buffer.getvalue()
+    last, end = jpeg.rindex(b"\xff\xda"), jpeg.rindex(b"\xff\xd9")
+    scans = jpeg.count(b"\xff\xda")
+
+    def with_scans(n: int) -> bytes:
+        return jpeg[:end] + jpeg[last:end] * (n - scans) + jpeg[end:]
+
+    limit = settings.max_jpeg_scans
+    over = client.post(route, files={"file": ("a.jpg", with_scans(limit + 1), "image/jpeg")})
+    _assert_error(over, 413, "payload_too_large")
+    assert f"{limit + 1} scans; the limit is {limit}" in over.json()["error"]["message"]
+    at_limit = client.post(route, files={"file": ("a.jpg", with_scans(limit), "image/jpeg")})
+    assert at_limit.status_code == 200, at_limit.text
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_an_image_of_more_segments_than_the_limit_is_413(client: TestClient, settings: Settings, route: str) -> None:
+    """A JPEG of more empty APP segments than ``max_image_segments`` (PIL parses each in Python, on the event
+    loop for the header check): refused before PIL sees it."""
+    jpeg = _image("JPEG")
+    over = jpeg[:2] + b"\xff\xe5\x00\x02" * (settings.max_image_segments + 1) + jpeg[2:]
+    response = client.post(route, files={"file": ("a.jpg", over, "image/jpeg")})
+    _assert_error(response, 413, "payload_too_large")
+    assert f"more than {settings.max_image_segments} markers" in response.json()["error"]["message"]

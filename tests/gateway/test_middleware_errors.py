@@ -170,3 +170,38 @@ def test_h11_protocol_refusals_are_their_classes() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def _rust_panic() -> BaseException:
+    """A real Rust panic through pyo3: the tokenizers library asked to cut a pair with a stride >= what is left."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    from gateway.vocab import BERT_BASE_UNCASED
+
+    tokenizer = BertWordPieceTokenizer(str(BERT_BASE_UNCASED), lowercase=True)
+    tokenizer.enable_truncation(max_length=8, stride=4, strategy="only_second")
+    try:
+        tokenizer.encode("a b c d", "e f g h i j k")
+    except BaseException as exc:  # the panic is what this returns
+        return exc
+    raise AssertionError("the tokenizer did not panic")
+
+
+def test_server_errors_answer_a_rust_panic_as_the_base_gateway_error() -> None:
+    """pyo3's PanicException is a BaseException: ``except Exception`` let it through to Starlette's
+    plain-text 500 without request id (found by fuzzing /qa). Cancellation still goes through."""
+    panic = _rust_panic()
+    assert not isinstance(panic, Exception) and errors.is_rust_panic(panic)
+
+    async def panicking(scope: Scope, receive: Receive, send: Send) -> None:
+        raise panic
+
+    response = asyncio.run(_post(ServerErrors(panicking)))
+    _assert_is(response, errors.GatewayError)
+    assert response.json()["error"]["message"] == "internal error"
+
+    async def cancelled(scope: Scope, receive: Receive, send: Send) -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_post(ServerErrors(cancelled)))

@@ -181,3 +181,45 @@ def test_boundary_from_the_content_type(content_type: str, expected: bytes) -> N
 def test_missing_or_bad_boundary_is_invalid_multipart(content_type: str) -> None:
     with pytest.raises(InvalidMultipart):
         multipart.boundary(content_type)
+
+
+def test_the_boundary_in_part_data_at_most_max_parts_times() -> None:
+    """The boundary followed by anything but what ends a delimiter line is data, at most ``max_parts`` times in
+    a body: each occurrence cost a Python step on the event loop, and 20 MB of them held it for 2 s (found by
+    fuzzing). RFC 2046 wants none; up to the limit they are still kept as data."""
+    data = b"\r\n--BBx" * 4
+    (part,) = parse(body((FILE, data)), max_parts=4)
+    assert part.data == data
+    with pytest.raises(InvalidMultipart, match="the boundary occurs in a part's data too many times"):
+        parse(body((FILE, data + b"\r\n--BBx")), max_parts=4)
+    with pytest.raises(InvalidMultipart, match="too many times"):  # across parts and the preamble alike
+        parse(b"\r\n--BBx" * 3 + b"\r\n" + body((FILE, b"\r\n--BB y"), (FILE, b"\r\n--BB\tz")), max_parts=4)
+
+
+def test_padding_after_a_boundary_is_read_in_one_step() -> None:
+    """Transport padding of any length before the CRLF of a delimiter line (it was skipped a byte at a time
+    in Python: seconds of event loop for megabytes of it); padding followed by anything else is data."""
+    padded = b"--BB\r\n" + FILE + b"\r\n\r\nimg\r\n--BB" + b" \t" * 500_000 + b"\r\n" + FILE + b"\r\n\r\nimg2\r\n--BB--"
+    assert [p.data for p in parse(padded)] == [b"img", b"img2"]
+    (part,) = parse(body((FILE, b"\r\n--BB" + b" " * 1000 + b"x")))
+    assert part.data == b"\r\n--BB" + b" " * 1000 + b"x"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'Content-Disposition: form-data; name="file"; filename="' + b"a" * 20_000,  # an unterminated quote
+        FILE + b"\r\nX-A: b" * 4_000,
+    ],
+    ids=["long-parameter", "many-lines"],
+)
+def test_a_part_header_block_over_max_header_bytes_is_invalid_multipart(head: bytes) -> None:
+    """A part's headers are parsed line by line and parameter by parameter on the event loop (a 20 MB
+    unterminated filename took seconds, found by fuzzing): past ``max_header_bytes`` they are refused
+    before that; 0 means no limit, as before."""
+    raw = body((head, b"img"))
+    with pytest.raises(InvalidMultipart, match="a part's headers exceed 16384 bytes"):
+        multipart.parse(raw, b"BB", 16, 16 * 1024)
+    (part,) = multipart.parse(raw, b"BB", 16, 0)
+    assert part.data == b"img"
+    assert multipart.parse(body((FILE, b"img")), b"BB", 16, len(FILE))[0].data == b"img"  # at the limit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -66,6 +68,8 @@ def test_triton_logits_are_bit_exact(triton, settings: Settings, engines: dict) 
         ({"question": "   ", "context": "text"}, "invalid_text"),
         ({"question": "why?", "context": " \n "}, "invalid_text"),
         ({"question": "why? " * 100, "context": "text"}, "invalid_text"),
+        # 100 question tokens leave a context that must be cut no more than the stride: a tokenizer panic, 500
+        ({"question": "word " * 100, "context": "the context goes on " * 40}, "invalid_text"),
         ({"context": "text"}, "validation_error"),
         ({"question": "why?", "context": "text", "top_k": 0}, "validation_error"),
     ],
@@ -87,3 +91,15 @@ def test_too_long_context_is_rejected(client: TestClient, settings: Settings) ->
     response = client.post("/qa", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_text"
+
+
+def test_a_qa_body_over_its_limit_is_413_and_the_longest_context_fits(client: TestClient, settings: Settings) -> None:
+    """``max_qa_body_bytes`` (the JSON is parsed on the event loop) refuses a larger body before parsing; a
+    context of ``qa_max_context_chars`` escaped emoji (12 bytes each) still fits under it."""
+    big = b'{"question": "q", "context": "' + b"a" * settings.max_qa_body_bytes + b'"}'
+    response = client.post("/qa", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    longest = json.dumps({"question": "q?", "context": "\U0001f600" * settings.qa_max_context_chars}).encode()
+    assert len(longest) > 12 * settings.qa_max_context_chars
+    response = client.post("/qa", content=longest, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text  # one word to the tokenizer: one window

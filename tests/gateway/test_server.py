@@ -114,3 +114,29 @@ def test_http_layer_refusals_carry_a_request_id_and_are_counted(raw_server: tupl
     assert (status, error["code"]) == (400, "bad_request") and generated.match(headers["x-request-id"])
 
     assert [_count(metrics, c) for c in codes] == [2, 1, 1]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/no-such-path"])
+def test_a_websocket_upgrade_is_answered_as_plain_http(raw_server: tuple[str, int, Metrics], path: str) -> None:
+    """The gateway has no WebSocket route: uvicorn's handshake answered every upgrade with a bare 403 (no
+    JSON body, no X-Request-ID; found by fuzzing); it is plain HTTP now."""
+    _, port, _ = raw_server
+    upgrade = (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(upgrade)
+        received = b""
+        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert b"x-request-id" in head.lower()
+    if path == "/healthz":
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+    else:
+        assert (status, json.loads(body)["error"]["code"]) == (404, "http_error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import GatewayError, InvalidImage, PayloadTooLarge, UnsupportedImageShape
+from gateway.errors import GatewayError, InvalidImage, PayloadTooLarge, UnsupportedImageShape, UnsupportedMediaType
 from gateway.processing import images
 from gateway.processing.images import (
     classify_input,
@@ -438,3 +439,146 @@ def test_load_scaled_rotates_as_exif_transpose_does(orientation: int) -> None:
     image, full = load_scaled(data, _MAX, 0.0)
     assert full == expected.size == image.size
     np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def _scans(jpeg: bytes) -> list[bytes]:
+    """Each scan of ``jpeg`` (its SOS segment and entropy-coded data), in order."""
+    starts = [i for i in range(len(jpeg) - 1) if jpeg[i : i + 2] == b"\xff\xda"]
+    ends = [*starts[1:], jpeg.rindex(b"\xff\xd9")]
+    return [jpeg[s:e] for s, e in zip(starts, ends)]
+
+
+def _more_scans(jpeg: bytes, extra: int) -> bytes:
+    """``jpeg`` with its last scan repeated ``extra`` more times: libjpeg warns (a bogus progression) and
+    decodes each one over the whole image."""
+    last = _scans(jpeg)[-1]
+    end = jpeg.rindex(b"\xff\xd9")
+    return jpeg[:end] + last * extra + jpeg[end:]
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_of_more_scans_than_the_limit_is_413_before_decoding(mode: str, fast_jpeg: bool) -> None:
+    """Found by fuzzing: each scan costs about a decode of the whole image and may be a few bytes (a 94 kB
+    4000x4000 progressive JPEG with its last scan repeated took 37 s of CPU, past any deadline). Past
+    ``max_jpeg_scans`` both paths refuse it before decoding; at the limit it is decoded as before."""
+    progressive = _encode(_BASE.convert(mode), "JPEG", progressive=True)
+    scans = len(_scans(progressive))
+    at_limit = _more_scans(progressive, 100 - scans)
+    over = _more_scans(progressive, 101 - scans)
+    limits = (_MAX, 0.0)
+    reference = classify_input(at_limit, *limits, 64, 32, fast_jpeg=False, max_jpeg_scans=0)
+    served = classify_input(at_limit, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    np.testing.assert_array_equal(served, reference)
+    with pytest.raises(PayloadTooLarge, match="the JPEG has 101 scans; the limit is 100"):
+        classify_input(over, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    with pytest.raises(PayloadTooLarge, match="101 scans"):
+        detect_input(over, *limits, 64, fast_jpeg=fast_jpeg, max_jpeg_scans=100)
+    with pytest.raises(PayloadTooLarge, match="101 scans"):
+        load_scaled(over, *limits, max_jpeg_scans=100)
+    classify_input(over, *limits, 64, 32, fast_jpeg=fast_jpeg, max_jpeg_scans=0)  # 0: no limit
+
+
+def test_a_one_scan_sequential_jpeg_is_not_counted() -> None:
+    """A sequential JPEG whose first scan holds every component is one scan to libjpeg: its scans are not
+    counted (what follows the scan is never decoded), so it costs nothing and is never refused."""
+    baseline = _encode(_BASE, "JPEG")
+    assert images._one_scan(baseline) and images._one_scan(_encode(_BASE.convert("L"), "JPEG"))
+    assert not images._one_scan(_encode(_BASE, "JPEG", progressive=True))
+    assert not images._one_scan(_astronaut_jpeg((96, 64), "CMYK", progressive=True))
+    images.check_jpeg_scans(_more_scans(baseline, 200), 100)  # not refused: libjpeg stops after the first
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _segment_bombs(n: int) -> dict[str, bytes]:
+    """Small images with ``n`` of what PIL steps over one at a time in Python before the pixels."""
+    jpeg, png = _encode(_BASE, "JPEG"), _encode(_BASE, "PNG")
+    after_ihdr = len(b"\x89PNG\r\n\x1a\n") + 25
+    return {
+        "jpeg-app-segments": jpeg[:2] + b"\xff\xe5\x00\x02" * n + jpeg[2:],
+        "jpeg-fill-bytes": jpeg[:2] + b"\xff" * n + jpeg[2:],
+        "jpeg-junk-bytes": jpeg[:2] + b"\xff\xfe\x00\x02" + b"\x00" * n + jpeg[2:],
+        "png-chunks": png[:after_ihdr] + _png_chunk(b"abCd", b"") * n + png[after_ihdr:],
+        "jpeg-photoshop-blocks": jpeg[:2] + b"".join(_app13(min(5000, n - k)) for k in range(0, n, 5000)) + jpeg[2:],
+    }
+
+
+def _app13(blocks: int) -> bytes:
+    """An APP13 Photoshop segment of ``blocks`` empty resource blocks (PIL reads each in a Python loop)."""
+    payload = b"Photoshop 3.0\x00" + (b"8BIM\x04\x04\x00\x00" + bytes(4)) * blocks
+    return b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+@pytest.mark.parametrize("name", list(_segment_bombs(1)))
+def test_an_image_of_more_segments_than_the_limit_is_413_before_pil_parses_it(name: str) -> None:
+    """Found by fuzzing: PIL parses JPEG markers (fill and junk bytes one by one) and PNG chunks in Python,
+    the header check on the event loop: a 19 MB JPEG of empty APP segments held the gateway's event loop for
+    15 s (19.7 MB of Photoshop resource blocks, 2 s). Past ``max_segments`` every entry point refuses it first;
+    well under it the image decodes as before. The JPEG fast path never runs PIL's parser: it reads a file of a
+    few segments (a few APP13 segments of many blocks) at no such cost, and serves it."""
+    over = _segment_bombs(10_001)[name]
+    if name == "jpeg-photoshop-blocks":
+        assert read_header(over, _MAX, 0.0, max_segments=10_000) == read_header(over, _MAX, 0.0, max_segments=0)
+    for fast_jpeg in (True, False) if name != "jpeg-photoshop-blocks" else (False,):
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            read_header(over, _MAX, 0.0, fast_jpeg, max_segments=10_000)
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            classify_input(over, _MAX, 0.0, 64, 32, fast_jpeg=fast_jpeg, max_segments=10_000)
+        with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+            detect_input(over, _MAX, 0.0, 64, fast_jpeg=fast_jpeg, max_segments=10_000)
+    with pytest.raises(PayloadTooLarge, match="more than 10000 "):
+        load_scaled(over, _MAX, 0.0, max_segments=10_000)
+    under = _segment_bombs(9_000)[name]
+    assert read_header(under, _MAX, 0.0, max_segments=10_000) == read_header(under, _MAX, 0.0, max_segments=0)
+    np.testing.assert_array_equal(
+        classify_input(under, _MAX, 0.0, 64, 32, max_segments=10_000),
+        classify_input(under, _MAX, 0.0, 64, 32, max_segments=0),
+    )
+    classify_input(over, _MAX, 0.0, 64, 32, max_segments=0)  # 0: no limit
+
+
+def test_the_segment_count_follows_pils_steps() -> None:
+    """Segments, fill bytes and junk bytes count one each, up to the first scan; a PNG counts every chunk."""
+    jpeg = _encode(_BASE, "JPEG")
+    plain = images._jpeg_steps(jpeg, 10_000)
+    assert 3 <= plain <= 12  # APP0, DQT x2, SOF, DHT x4, SOS: what PIL writes
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xe5\x00\x02" * 7 + jpeg[2:], 10_000) == plain + 7
+    assert images._jpeg_steps(jpeg[:2] + b"\xff" * 7 + jpeg[2:], 10_000) == plain + 7
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xfe\x00\x02" + b"\x00" * 7 + jpeg[2:], 10_000) == plain + 8
+    assert images._jpeg_steps(jpeg[:2] + b"\xff\xe5\x00\x02" * 50 + jpeg[2:], 20) == 21  # stops past the limit
+    png = _encode(_BASE, "PNG")
+    assert images._png_chunks(png, 10_000) == 3  # IHDR, IDAT, IEND
+    for corpus in (_FAST_CORPUS, _MODES, _DECLINED):
+        for data in corpus.values():
+            images.check_segments(data, 100)  # real files are far under any limit
+
+
+_REFUSED = {
+    "EPS": (b"%!PS-Adobe-3.0 EPSF-3.0\n" + b"%%Comment: x\n" * 1000 + b"%%BoundingBox: 0 0 8 8\n", "EpsImagePlugin"),
+    "PPM": (b"P6\n" + b"#c\n" * 1000 + b"8 8\n255\n" + bytes(192), "PpmImagePlugin"),
+    "GIF": (_encode(_BASE.convert("P"), "GIF"), "GifImagePlugin"),
+    "TIFF": (_encode(_BASE, "TIFF"), "TiffImagePlugin"),
+    "BMP": (_encode(_BASE, "BMP"), "BmpImagePlugin"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(_REFUSED))
+def test_a_refused_format_is_415_without_its_pil_parser_running(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by fuzzing: PIL parsed formats the gateway refuses in Python before the 415, on the event loop
+    for the header check (a 19.5 MB EPS of comment lines held it for 14.5 s, a PPM 7 s, a GIF 3.6 s). Only
+    the JPEG, PNG and WebP plugins parse now; other formats are named by their plugins' prefix checks."""
+    import importlib
+
+    data, module = _REFUSED[fmt]
+    plugin = importlib.import_module(f"PIL.{module}")
+    for cls in vars(plugin).values():
+        if isinstance(cls, type) and issubclass(cls, Image.Image) and "_open" in vars(cls):
+            monkeypatch.setattr(cls, "_open", lambda self: pytest.fail(f"{type(self).__name__} parsed the upload"))
+    for fast_jpeg in (True, False):
+        with pytest.raises(UnsupportedMediaType, match=f"image format {fmt} is not supported"):
+            read_header(data, _MAX, 0.0, fast_jpeg)
+    with pytest.raises(UnsupportedMediaType):
+        classify_input(data, _MAX, 0.0, 64, 32)

