@@ -155,7 +155,6 @@ def test_models_report_precision_and_calibration(
         "sha256": set_sha256(calibration["images"], 2),
         "count": 2,
         "source": str(calibration["images"]),
-        "recipe": {"weights": "gemm-7bit", "bias_correction": "input-mean"},
     }
     assert models["bert_qa_int8"]["calibration"]["sha256"] == set_sha256(calibration["qa"], 4)
     assert data["defaults"] == {"qa": "bert_qa", "detect": "yolov5n", "classify": "resnet50_vd"}

@@ -18,6 +18,7 @@ from magicmind_build.precision import (
     PrecisionOptions,
     bias_correct,
     build_variant,
+    int8_recipe,
     is_variant_dir,
     quantize_int8,
 )
@@ -82,11 +83,10 @@ def test_int8_is_qdq_per_channel_with_recorded_calibration(repo: pathlib.Path) -
         "sha256": datasets.set_sha256(images, 1),
         "count": 1,
         "source": str(images),
-        "recipe": {"weights": "gemm-7bit", "bias_correction": "input-mean"},
-    }
-    # the default recipe: every Conv weight (ResNet has no depthwise ones) in 7 bits, symmetric
+    }  # ResNet50-vd's default recipe is plain (not recorded): 8-bit symmetric weights
     weights = _conv_weights(graph)
-    assert weights and all(np.abs(q).max() <= 64 and not zero.any() for q, zero in weights.values())
+    assert weights and all(not zero.any() for _, zero in weights.values())
+    assert max(np.abs(q).max() for q, _ in weights.values()) == 127
     assert manifest.builder["base_engine_sha256"] == Manifest.read(repo / "resnet50_vd" / "1").engine_sha256
 
 
@@ -100,19 +100,27 @@ def test_up_to_date_variant_is_kept_and_a_new_method_rebuilds(repo: pathlib.Path
     assert rebuilt.calibration is not None and rebuilt.calibration["method"] == "percentile"
 
 
-def test_a_new_int8_weight_recipe_rebuilds_with_8bit_weights(repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_a_new_int8_recipe_rebuilds_with_7bit_gemm_weights(repo: pathlib.Path, tmp_path: pathlib.Path) -> None:
     images = repo.parent / "images"
     copy = tmp_path / "repo"
     for name in ("resnet50_vd", "resnet50_vd_int8"):
         shutil.copytree(repo / name, copy / name)
     before = Manifest.read(copy / "resnet50_vd_int8" / "1")
-    options = PrecisionOptions(calibration={"resnet50_vd": images}, count=8, int8_weights="8bit")
+    options = PrecisionOptions(calibration={"resnet50_vd": images}, count=8, int8_recipe="gemm-7bit")
     rebuilt = build_variant(SPECS["resnet50_vd"], copy, "tiny", "int8", options)
-    assert rebuilt.built_at != before.built_at or rebuilt.engine_sha256 != before.engine_sha256
+    assert rebuilt.engine_sha256 != before.engine_sha256
     assert rebuilt.calibration is not None
-    assert rebuilt.calibration["recipe"] == {"weights": "8bit", "bias_correction": "input-mean"}
+    recipe = {"name": "gemm-7bit", "weights": "gemm-7bit", "bias_correction": "input-mean"}
+    assert rebuilt.calibration["recipe"] == recipe
     weights = _conv_weights(onnx.load(str(copy / "resnet50_vd_int8" / "1" / "model.onnx")).graph)
-    assert max(np.abs(q).max() for q, _ in weights.values()) == 127
+    assert max(np.abs(q).max() for q, _ in weights.values()) == 64  # 7 bits: no depthwise Conv in ResNet
+    assert build_variant(SPECS["resnet50_vd"], copy, "tiny", "int8", options).built_at == rebuilt.built_at
+
+
+def test_auto_int8_recipe_is_measured_per_model() -> None:
+    assert int8_recipe(SPECS["efficientnet_lite0"], PrecisionOptions()) == "gemm-7bit"
+    assert int8_recipe(SPECS["resnet50_vd"], PrecisionOptions()) == "plain"
+    assert int8_recipe(SPECS["efficientnet_lite0"], PrecisionOptions(int8_recipe="8bit-bc")) == "8bit-bc"
 
 
 def _conv_weights(graph: onnx.GraphProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -156,17 +164,17 @@ def test_gemm_7bit_recipe_keeps_depthwise_weights_8bit_and_corrects_biases(tmp_p
     rng = np.random.default_rng(1)
     batches = [{"x": rng.uniform(0, 2, size=(4, 4, 5, 5)).astype(np.float32)} for _ in range(3)]
     ranges = {}
-    for recipe in ("gemm-7bit", "8bit"):
+    for recipe in ("gemm-7bit", "plain"):
         target = tmp_path / f"{recipe}.onnx"
-        quantize_int8(source, target, batches, "minmax", int8_weights=recipe)
+        quantize_int8(source, target, batches, "minmax", recipe=recipe)
         weights = _conv_weights(onnx.load(str(target)).graph)
         ranges[recipe] = {name: int(np.abs(q).max()) for name, (q, _) in weights.items()}
         assert all(not zero.any() for _, zero in weights.values())  # symmetric weights
     # ONNX Runtime's int8 GEMM (the pointwise Conv) gets 7 bits; the depthwise kernel keeps 8 bits
-    assert ranges == {"gemm-7bit": {"depthwise": 127, "pointwise": 64}, "8bit": {"depthwise": 127, "pointwise": 127}}
+    assert ranges == {"gemm-7bit": {"depthwise": 127, "pointwise": 64}, "plain": {"depthwise": 127, "pointwise": 127}}
 
     # bias correction: each bias moves by -(W_q - W) E[x], E[x] per input channel over the calibration rows
-    model, quantized = onnx.load(str(source)), onnx.load(str(tmp_path / "8bit.onnx"))
+    model, quantized = onnx.load(str(source)), onnx.load(str(tmp_path / "plain.onnx"))
     float_w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     inits = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
     producers = {o: n for n in quantized.graph.node for o in n.output}
