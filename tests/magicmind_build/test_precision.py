@@ -15,9 +15,11 @@ from engine_runtime.engine import OnnxRuntimeEngine
 from engine_runtime.manifest import Manifest
 from magicmind_build import cli, datasets
 from magicmind_build.precision import (
+    CalibrationError,
     PrecisionOptions,
     bias_correct,
     build_variant,
+    check_int8_options,
     int8_recipe,
     is_variant_dir,
     quantize_int8,
@@ -121,6 +123,10 @@ def test_auto_int8_recipe_is_measured_per_model() -> None:
     assert int8_recipe(SPECS["efficientnet_lite0"], PrecisionOptions()) == "gemm-7bit"
     assert int8_recipe(SPECS["resnet50_vd"], PrecisionOptions()) == "plain"
     assert int8_recipe(SPECS["efficientnet_lite0"], PrecisionOptions(int8_recipe="8bit-bc")) == "8bit-bc"
+    with pytest.raises(CalibrationError, match="int8-recipe"):  # MagicMind's Calibrator quantizes there
+        check_int8_options(PrecisionOptions(backend="magicmind", int8_recipe="gemm-7bit"))
+    with pytest.raises(CalibrationError, match="choose from"):
+        check_int8_options(PrecisionOptions(int8_recipe="int4"))
 
 
 def _conv_weights(graph: onnx.GraphProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
