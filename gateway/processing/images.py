@@ -473,6 +473,13 @@ def check_jpeg_scans(data: bytes, max_scans: int) -> None:
         raise PayloadTooLarge(f"the JPEG has {scans} scans; the limit is {max_scans}")
 
 
+def fast_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> ImageHeader | None:
+    """A JPEG's header as libjpeg-turbo reads it (microseconds, bounded by ``max_image_segments``
+    through :func:`_scan_jpeg`); None for anything the fast path leaves to PIL (:func:`read_header`)."""
+    jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
+    return None if jpeg is None else jpeg.header
+
+
 def read_header(
     data: bytes,
     max_pixels: int,
@@ -483,10 +490,8 @@ def read_header(
     """Format and size from the header alone; 400/413/415/422 for what ``load_image`` would refuse.
     ``fast_jpeg``: a JPEG's header read by libjpeg-turbo directly (the same answer, a few microseconds
     instead of PIL's tens). ``max_segments``: see :func:`check_segments`."""
-    if fast_jpeg:
-        jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
-        if jpeg is not None:
-            return jpeg.header
+    if fast_jpeg and (header := fast_header(data, max_pixels, max_aspect_ratio)) is not None:
+        return header
     return _open(data, max_pixels, max_aspect_ratio, max_segments)[1]
 
 

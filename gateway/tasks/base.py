@@ -17,7 +17,7 @@ from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.model_io import ModelIO
-from gateway.processing.images import read_header
+from gateway.processing.images import fast_header, read_header
 from gateway.settings import Settings
 from gateway.shared_memory import Region
 from gateway.triton import TritonClient
@@ -165,10 +165,23 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
 
     @contextlib.asynccontextmanager
     async def admitted(self, request: ImageQueryT) -> AsyncIterator[None]:
-        """Refuse by the header alone, then hold the image's decoding cost in the shared budget."""
+        """Refuse by the header alone, then hold the image's decoding cost in the shared budget.
+
+        A JPEG's header is read on the event loop (libjpeg-turbo, microseconds); any other header is
+        PIL's to read, Python walking the file's chunks (a PNG of compressed text chunks held the loop
+        for ~0.25 s per 5 MB, found by fuzzing), so it is read in a worker thread like the decode.
+        """
         s = self.settings
-        header = read_header(
-            request.image, s.max_image_pixels, s.max_image_aspect_ratio, s.fast_jpeg, s.max_image_segments
-        )
+        header = fast_header(request.image, s.max_image_pixels, s.max_image_aspect_ratio) if s.fast_jpeg else None
+        if header is None:
+            header = await in_thread(
+                self.executor,
+                read_header,
+                request.image,
+                s.max_image_pixels,
+                s.max_image_aspect_ratio,
+                False,
+                s.max_image_segments,
+            )
         async with self.budget.reserve(header.decode_bytes):
             yield
