@@ -192,8 +192,7 @@ def check_int8_options(options: PrecisionOptions) -> None:
         CalibrationError: ``eqnm`` without ``--backend magicmind``; with it, ``entropy``/``percentile``
             (no MagicMind algorithm) or ``--quantization dynamic`` (MagicMind INT8 is always calibrated).
     """
-    if options.int8_recipe != "auto" and options.int8_recipe not in INT8_RECIPES:
-        raise CalibrationError(f"INT8 recipe {options.int8_recipe!r}: choose from auto, {', '.join(INT8_RECIPES)}")
+    _check_recipe(options.int8_recipe)
     if options.backend == "magicmind":
         from magicmind_build.magicmind import CALIBRATION_METHODS as MM_METHODS
 
@@ -332,12 +331,16 @@ def quantized_ops(spec: ModelSpec) -> tuple[str, ...] | None:
 GEMM_OPS = ("Conv", "Gemm", "MatMul")
 
 
+def _check_recipe(recipe: str) -> None:
+    if recipe != "auto" and recipe not in INT8_RECIPES:
+        raise CalibrationError(f"INT8 recipe {recipe!r}: choose from auto, {', '.join(INT8_RECIPES)}")
+
+
 def int8_recipe(spec: ModelSpec, options: PrecisionOptions) -> str:
     """The static INT8 recipe for ``spec``: ``options.int8_recipe``, or its model's default when ``auto``."""
+    _check_recipe(options.int8_recipe)
     if options.int8_recipe == "auto":
         return MODEL_INT8_RECIPES.get(spec.name, "plain")
-    if options.int8_recipe not in INT8_RECIPES:
-        raise CalibrationError(f"INT8 recipe {options.int8_recipe!r}: choose from auto, {', '.join(INT8_RECIPES)}")
     return options.int8_recipe
 
 
@@ -418,21 +421,31 @@ def _channel_means(
     return {name: total / rows for name, total in sums.items()}
 
 
-def _dequantized_weight(quantized: onnx.ModelProto, node_name: str) -> np.ndarray | None:
-    """The weight ``node_name`` multiplies by in a QDQ graph: its DequantizeLinear applied, in float64."""
-    inits = {t.name: t for t in quantized.graph.initializer}
-    producers = {o: n for n in quantized.graph.node for o in n.output}
-    node = next((n for n in quantized.graph.node if n.name == node_name), None)
-    dq = producers.get(node.input[1]) if node is not None and len(node.input) > 1 else None
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-        return None
-    q = onnx.numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-    scale = onnx.numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-    zero = onnx.numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else 0.0
-    shape = [1] * q.ndim
-    if np.ndim(scale):
-        shape[_attr(dq, "axis", 1)] = -1
-    return (q - np.reshape(zero, shape)) * np.reshape(scale, shape)
+class _QDQWeights:
+    """The weights of a QDQ graph as its nodes multiply by them (its indexes built once per graph)."""
+
+    def __init__(self, quantized: onnx.ModelProto) -> None:
+        self.inits = {t.name: t for t in quantized.graph.initializer}
+        self.producers = {o: n for n in quantized.graph.node for o in n.output}
+        self.nodes: dict[str, onnx.NodeProto] = {}
+        for node in quantized.graph.node:
+            self.nodes.setdefault(node.name, node)  # the first of a name, as a search in graph order finds
+
+    def dequantized(self, node_name: str) -> np.ndarray | None:
+        """The weight ``node_name`` multiplies by: its DequantizeLinear applied, in float64."""
+        node = self.nodes.get(node_name)
+        dq = self.producers.get(node.input[1]) if node is not None and len(node.input) > 1 else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.inits:
+            return None
+        q, scale = self._array(dq.input[0]), self._array(dq.input[1])
+        zero = self._array(dq.input[2]) if len(dq.input) > 2 else 0.0
+        shape = [1] * q.ndim
+        if np.ndim(scale):
+            shape[_attr(dq, "axis", 1)] = -1
+        return (q - np.reshape(zero, shape)) * np.reshape(scale, shape)
+
+    def _array(self, name: str) -> np.ndarray:
+        return onnx.numpy_helper.to_array(self.inits[name]).astype(np.float64)
 
 
 def bias_correct(
@@ -449,9 +462,10 @@ def bias_correct(
     nodes = _biased_nodes(model)
     means = _channel_means(model, sorted({n.input[0] for n in nodes}), batches)
     inits = {t.name: t for t in model.graph.initializer}
+    weights = _QDQWeights(quantized)
     corrected = 0
     for node in nodes:
-        dequantized = _dequantized_weight(quantized, node.name)
+        dequantized = weights.dequantized(node.name)
         if dequantized is None or node.input[0] not in means:
             continue
         weight = onnx.numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
