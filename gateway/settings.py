@@ -459,7 +459,7 @@ class Settings(BaseSettings):
             "Most markers (segments, fill or junk bytes, Photoshop resource blocks) before a JPEG upload's first "
             "scan, or chunks of a PNG; "
             "more: 413 ``payload_too_large``, before PIL parses them (0: no limit). PIL steps over each in "
-            "Python, the header check on the event loop: a 19 MB JPEG of empty segments held it for 15 s. "
+            "Python: a 19 MB JPEG of empty segments took its header check 15 s. "
             "Real files have tens; a 20 MB PNG with libpng's 8 kB IDAT chunks about 2,600."
         ),
     )

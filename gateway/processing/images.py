@@ -68,8 +68,8 @@ class ImageHeader:
 
 # PIL parses a JPEG's markers before its first scan, and a PNG's chunks, one by one in Python (a few
 # microseconds each; fill and junk bytes between JPEG markers one byte at a time): a 19 MB JPEG of empty APP
-# segments held the event loop (the header check) for 15 s. Real files have tens, a large PNG a few thousand
-# IDAT chunks (libpng writes 8 kB ones).
+# segments took its header check 15 s (then on the event loop; now in a worker thread, still that long). Real
+# files have tens, a large PNG a few thousand IDAT chunks (libpng writes 8 kB ones).
 MAX_IMAGE_SEGMENTS = 10_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # no length follows (TEM, RSTn, SOI)
@@ -671,7 +671,7 @@ def detect_input(
     ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
     image, full = _load_scaled(
-        data, max_pixels, max_aspect_ratio, scale, fast_jpeg, False, max_jpeg_scans, max_segments
+        data, max_pixels, max_aspect_ratio, scale, fast_jpeg, max_jpeg_scans=max_jpeg_scans, max_segments=max_segments
     )
     return letterbox(image, size, pad_value, full, out)
 
@@ -714,5 +714,14 @@ def classify_input(
     every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more
     than ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
-    image, full = _load_scaled(data, max_pixels, max_aspect_ratio, scale, fast_jpeg, True, max_jpeg_scans, max_segments)
+    image, full = _load_scaled(
+        data,
+        max_pixels,
+        max_aspect_ratio,
+        scale,
+        fast_jpeg,
+        pil=True,
+        max_jpeg_scans=max_jpeg_scans,
+        max_segments=max_segments,
+    )
     return resize_center_crop(image, resize, crop, full)

@@ -56,7 +56,7 @@ def configure_tokenizer(tokenizer: BaseTokenizer, max_seq_len: int, doc_stride: 
     values the tokenizer's own padding would give (``[PAD]`` id 0, type 0, attention 0, offsets (0, 0), no
     sequence). Converting its padded Python lists (``max_seq_len`` items per field, offsets as tuples) cost
     more than the tokenization itself: padding here halves ``encode_qa``'s CPU for a one-window question
-    (docs/benchmarks.md, "QA features").
+    (docs/benchmarks.md, "What sets the gateway's CPU").
     """
     tokenizer.enable_truncation(max_length=max_seq_len, stride=doc_stride, strategy="only_second")
     tokenizer.no_padding()
