@@ -29,6 +29,7 @@ import time
 import httpx
 import numpy as np
 
+from gateway.settings import Settings
 from magicmind_build.build import build_engine
 from magicmind_build.specs import SPECS
 from triton_local import TritonServer, TritonServerConfig
@@ -43,7 +44,7 @@ class Answers:
     ok: list[float] = dataclasses.field(default_factory=list)
     shed: list[float] = dataclasses.field(default_factory=list)
     by_triton: int = 0  # of the shed: refused by Triton's queue policy rather than the gateway
-    other: dict[int, int] = dataclasses.field(default_factory=dict)
+    other: dict[int | str, int] = dataclasses.field(default_factory=dict)  # status code, or a transport error
 
 
 def _free_port() -> int:
@@ -71,6 +72,21 @@ def model_repo(source: pathlib.Path | None, work: pathlib.Path) -> pathlib.Path:
     return repo
 
 
+def gateway_repo(repo: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
+    """Where the gateway reads its models' tensor sizes: ``repo``'s classifier, and the configuration alone of
+    the QA model and the detectors it always serves, which this tritonserver does not load (without them the
+    gateway waits ``model_config_wait_s`` for Triton to name their sizes, then refuses to start). Only
+    ``/classify`` is sent; the other models are simply not ready."""
+    out = work / "gateway-repo"
+    out.mkdir()
+    (out / MODEL).symlink_to(repo / MODEL, target_is_directory=True)
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name in dict.fromkeys([defaults.qa_model, *defaults.detect_models]):
+        (out / name).mkdir()
+        shutil.copy(ROOT / "triton_repo" / name / "config.pbtxt", out / name / "config.pbtxt")
+    return out
+
+
 async def load(url: str, image: bytes, concurrency: int, duration_s: float) -> Answers:
     answers = Answers()
     stop_at = time.monotonic() + duration_s
@@ -80,7 +96,12 @@ async def load(url: str, image: bytes, concurrency: int, duration_s: float) -> A
         async def worker() -> None:
             while time.monotonic() < stop_at:
                 start = time.monotonic()
-                response = await client.post("/classify", files={"file": ("x.jpg", image, "image/jpeg")})
+                try:
+                    response = await client.post("/classify", files={"file": ("x.jpg", image, "image/jpeg")})
+                except httpx.TransportError as exc:  # the connection closed under the request: counted, not fatal
+                    kind = type(exc).__name__
+                    answers.other[kind] = answers.other.get(kind, 0) + 1
+                    continue
                 elapsed = time.monotonic() - start
                 if response.status_code == 200:
                     answers.ok.append(elapsed)
@@ -141,6 +162,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
         work = pathlib.Path(tmp)
         repo = model_repo(args.model_repository, work)
+        served = gateway_repo(repo, work)
         config = TritonServerConfig(
             model_repository=repo,
             http_port=_free_port(),
@@ -150,14 +172,14 @@ def main() -> None:
         )
         with TritonServer(config) as triton:
             for budget in args.budgets:
-                url, process = run_gateway(triton, repo, budget, work / f"gateway-{budget}.log")
+                url, process = run_gateway(triton, served, budget, work / f"gateway-{budget}.log")
                 try:
                     for _ in range(5):  # warm up, and a first service-time sample
                         httpx.post(f"{url}/classify", files={"file": ("x.jpg", image, "image/jpeg")}, timeout=60)
                     a = asyncio.run(load(url, image, args.concurrency, args.duration_s))
                 finally:
                     stop_process(process, 30, signal.SIGTERM)
-                other = ",".join(f"{k}:{v}" for k, v in sorted(a.other.items())) or "-"
+                other = ",".join(f"{k}:{v}" for k, v in sorted(a.other.items(), key=lambda kv: str(kv[0]))) or "-"
                 rows.append(
                     f"{budget:>8g} {args.concurrency:>5} {len(a.ok):>6} {len(a.ok) / args.duration_s:>7.1f} "
                     f"{_pct(a.ok, 50):>8} {_pct(a.ok, 99):>8} {len(a.shed):>6} {_pct(a.shed, 50):>10} "
