@@ -68,10 +68,17 @@ class Metrics:
         )
         self.batch_rows = Histogram(
             "gateway_inference_rows",
-            "Rows (windows or images) sent to Triton per call",
+            "Rows (windows or images) a request sends to Triton per call, before coalescing",
             ["model"],
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
+        self.call_requests = Histogram(
+            "gateway_triton_call_requests",
+            "Requests per Triton inference call: more than 1 when concurrent requests were merged (coalescing)",
+            ["model"],
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
         )
         self.errors = Counter(
             "gateway_errors",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gateway.catalog import ModelInfo, precision_variants, read_model_info
@@ -89,6 +90,8 @@ class Services:
             },
         )
         services.health = client.health = ModelHealth([m.name for m in services.models])
+        if client.coalescer is not None:
+            client.coalescer.on_call = _call_observer(metrics)
         services.executor = concurrent.futures.ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
         for task in services.tasks:
             task.executor = services.executor
@@ -163,3 +166,16 @@ class Services:
         await self.client.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False)
+
+
+def _call_observer(metrics: Metrics) -> Callable[[str, int, int], None]:
+    """Records each Triton call's merged request count, its labelled child resolved once per model."""
+    children: dict[str, Any] = {}
+
+    def observe(model: str, requests: int, rows: int) -> None:
+        child = children.get(model)
+        if child is None:
+            child = children[model] = metrics.call_requests.labels(model)
+        child.observe(requests)
+
+    return observe

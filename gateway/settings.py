@@ -472,6 +472,23 @@ class Settings(BaseSettings):
             "an escaped emoji)."
         ),
     )
+    triton_coalesce_inflight: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Triton calls per model in flight before further requests on that model wait and, when one "
+            "returns, go out merged into one batched call (``gateway/coalesce.py``); each still ends at its "
+            "own deadline (504 ``upstream_timeout``). At low load nothing waits. 0: every request its own call."
+        ),
+    )
+    triton_coalesce_max_rows: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Most rows (images, QA windows) of a merged call; never more than the model's ``max_batch_size``. "
+            "With shared memory on, a merged detector call borrows one region of this many rows."
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:

@@ -32,6 +32,7 @@ from tritonclient.utils import (
 )
 
 from gateway import deadline
+from gateway.coalesce import Coalescer
 from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable, UpstreamTimeout
 from gateway.health import ModelHealth, cannot_serve
 from gateway.model_io import ModelIO
@@ -122,6 +123,9 @@ class TritonClient:
         shared_memory_regions: most system shared-memory regions per tensor; 0: no shared memory.
             The client is the one owner of the process's :class:`RegionPool` (inputs and outputs of
             every model), created here, once; :meth:`close` unregisters and unmaps every region.
+        coalesce_inflight: calls per model in flight before further requests wait and are merged into
+            one call (:mod:`gateway.coalesce`); 0: no coalescing.
+        coalesce_max_rows: most rows of a merged call.
     """
 
     def __init__(
@@ -136,6 +140,8 @@ class TritonClient:
         lb_policy: str = "pick_first",
         grpc_client: Any = None,
         shared_memory_regions: int = 0,
+        coalesce_inflight: int = 0,
+        coalesce_max_rows: int = 8,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -162,6 +168,8 @@ class TritonClient:
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
+        # Concurrent requests per model merged into one call (gateway.coalesce); None: every request its own.
+        self.coalescer = Coalescer(self, coalesce_inflight, coalesce_max_rows) if coalesce_inflight > 0 else None
 
     @classmethod
     def from_settings(cls, settings: Settings, grpc_client: Any = None) -> TritonClient:
@@ -176,9 +184,13 @@ class TritonClient:
             lb_policy=settings.triton_lb_policy,
             grpc_client=grpc_client,
             shared_memory_regions=settings.triton_shared_memory_regions if settings.triton_shared_memory else 0,
+            coalesce_inflight=settings.triton_coalesce_inflight,
+            coalesce_max_rows=settings.triton_coalesce_max_rows,
         )
 
     async def close(self) -> None:
+        if self.coalescer is not None:
+            await self.coalescer.close()
         if self.pool is not None:
             await self.pool.close(self._client)
         await self._client.close()
@@ -232,6 +244,21 @@ class TritonClient:
         raise AssertionError("unreachable")
 
     async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str],
+        placed: Mapping[str, Region] | None = None,
+        max_batch_size: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """The requested outputs of ``inputs`` as arrays: through the :class:`Coalescer` when there is
+        one and the model batches (``max_batch_size`` > 0: its configuration's), so that concurrent
+        requests may share a call; else one call of its own (:meth:`infer_one`)."""
+        if self.coalescer is not None and max_batch_size > 1:
+            return await self.coalescer.infer(model, inputs, outputs, placed, max_batch_size)
+        return await self.infer_one(model, inputs, outputs, placed)
+
+    async def infer_one(
         self,
         model: str,
         inputs: Mapping[str, np.ndarray],

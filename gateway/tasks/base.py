@@ -125,7 +125,8 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         self, inputs: dict[str, np.ndarray], outputs: list[str], placed: dict[str, Region] | None = None
     ) -> dict[str, np.ndarray]:
         self._series[3].observe(len(next(iter(inputs.values()))))
-        return await self.client.infer(self.model.name, inputs, outputs, placed)
+        max_batch_size = self.io.max_batch_size if self.io is not None else 0
+        return await self.client.infer(self.model.name, inputs, outputs, placed, max_batch_size)
 
     async def close(self) -> None:
         """Release what the task holds beyond the shared client (nothing, by default)."""
