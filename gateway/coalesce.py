@@ -198,10 +198,12 @@ class Coalescer:
                 batch[0].future.set_result(_GO)
                 continue
             task = asyncio.get_running_loop().create_task(
-                self._merged(model, queue, limit, batch), context=contextvars.Context()
+                self._merged(model, limit, batch), context=contextvars.Context()
             )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Accounting in a done callback, not in the coroutine: a task cancelled before its first step
+            # never runs its body, and its slot would be lost (every later request waiting for good).
+            task.add_done_callback(functools.partial(self._merged_done, model, queue, limit, batch))
             abandoned = functools.partial(_cancel_if_abandoned, batch, task)
             for waiter in batch:  # every member gone: so is the call
                 waiter.future.add_done_callback(abandoned)
@@ -221,7 +223,14 @@ class Coalescer:
         waiting.extend(kept)
         return batch
 
-    async def _merged(self, model: str, queue: _ModelQueue, limit: int, batch: list[_Waiter]) -> None:
+    def _merged_done(
+        self, model: str, queue: _ModelQueue, limit: int, batch: list[_Waiter], task: asyncio.Task[None]
+    ) -> None:
+        self._tasks.discard(task)
+        _fail(batch, TritonUnavailable("the gateway is shutting down; retry"))  # cancelled before it ran
+        self._finished(model, queue, limit)
+
+    async def _merged(self, model: str, limit: int, batch: list[_Waiter]) -> None:
         """One call for every member of ``batch`` (run in a task of its own, in a fresh context)."""
         regions: list[Region] = []
         members = batch
@@ -258,7 +267,6 @@ class Coalescer:
         finally:
             for region in regions:
                 self.sender.release(region)
-            self._finished(model, queue, limit)
 
     async def _batch_regions(
         self, model: str, limit: int, batch: list[_Waiter], regions: list[Region]

@@ -18,7 +18,7 @@ import tritonclient.utils.shared_memory as shm
 
 from gateway import deadline
 from gateway.coalesce import Coalescer, _ModelQueue
-from gateway.errors import InferenceFailed, Overloaded
+from gateway.errors import InferenceFailed, Overloaded, TritonUnavailable
 from gateway.request_id import current as request_id_var
 from gateway.shared_memory import Region
 
@@ -311,6 +311,24 @@ def test_a_request_cancelled_as_its_turn_comes_gives_its_slot_back() -> None:
 
     asyncio.run(scenario())
     assert [c.inputs["x"][0, 0] for c in sender.calls] == [3]
+
+
+def test_close_answers_the_members_of_a_merged_call_that_never_ran_and_frees_its_slot() -> None:
+    sender = HeldSender()
+    coalescer = Coalescer(sender, inflight=1, max_rows=8)
+
+    async def scenario() -> None:
+        queue = coalescer._models.setdefault(MODEL, _ModelQueue())
+        queue.inflight = 1  # a call in flight
+        members = [asyncio.create_task(coalescer.infer(MODEL, rows(v), ["y"], None, 32)) for v in (1, 2)]
+        await settle()
+        coalescer._finished(MODEL, queue, 32)  # it returns: the merged call's task is created, not yet run
+        await coalescer.close()  # cancelled before its first step: its body never runs
+        results = await asyncio.wait_for(asyncio.gather(*members, return_exceptions=True), 5)  # guard, not timing
+        assert all(isinstance(r, TritonUnavailable) for r in results), results
+        assert queue.inflight == 0 and not sender.calls
+
+    asyncio.run(scenario())
 
 
 def test_inputs_in_shared_memory_are_copied_into_one_region_for_the_merged_call() -> None:
