@@ -232,9 +232,11 @@ def test_dashboard_panels_return_data(
                 empty.append(f"{title}: {expr} -> {result}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
 
-        # The rows panel is the mean (every call here has one row), not the interpolated median (0.5).
-        (rows_expr,) = [e for t, e in _targets(dashboard) if t.startswith("Rows per Triton call")]
+        # The rows panel is the mean (every call here has one row of one request: they come one at a time),
+        # not the interpolated median (0.5).
+        rows_expr, calls_expr = [e for t, e in _targets(dashboard) if t.startswith("Rows per request")]
         assert set(_finite(_query(prometheus, grafana_expr(rows_expr, variables)))) == {1.0}
+        assert set(_finite(_query(prometheus, grafana_expr(calls_expr, variables)))) == {1.0}
         (errors_expr,) = [e for t, e in _targets(dashboard) if t.startswith("Gateway errors/s")]
         codes = {r["metric"].get("code") for r in _query(prometheus, grafana_expr(errors_expr, variables))}
         assert "invalid_image" in codes
