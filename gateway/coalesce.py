@@ -130,6 +130,7 @@ class Coalescer:
         self.on_call = on_call
         self._models: dict[str, _ModelQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def infer(
         self,
@@ -191,6 +192,9 @@ class Coalescer:
     def _finished(self, model: str, queue: _ModelQueue, limit: int) -> None:
         """A call of ``model`` returned: start calls for the waiting requests while slots are free."""
         queue.inflight -= 1
+        if self._closed:  # nothing new goes out through a closing client
+            _fail(list(queue.waiting), TritonUnavailable("the gateway is shutting down; retry"))
+            queue.waiting.clear()
         while queue.waiting and queue.inflight < self.inflight:
             batch = self._take(queue.waiting, limit)
             queue.inflight += 1
@@ -285,7 +289,12 @@ class Coalescer:
         return shared
 
     async def close(self) -> None:
-        """Cancel the merged calls still in flight (their members get 503 ``triton_unavailable``)."""
+        """Cancel the merged calls still in flight; their members, and requests still waiting for a call
+        to return, get 503 ``triton_unavailable``."""
+        self._closed = True
+        for queue in self._models.values():
+            _fail(list(queue.waiting), TritonUnavailable("the gateway is shutting down; retry"))
+            queue.waiting.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

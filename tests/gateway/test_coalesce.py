@@ -321,10 +321,13 @@ def test_close_answers_the_members_of_a_merged_call_that_never_ran_and_frees_its
         queue = coalescer._models.setdefault(MODEL, _ModelQueue())
         queue.inflight = 1  # a call in flight
         members = [asyncio.create_task(coalescer.infer(MODEL, rows(v), ["y"], None, 32)) for v in (1, 2)]
+        wide = {"x": np.zeros((1, 3), dtype=np.float32)}  # not mergeable with them: stays waiting
+        late = asyncio.create_task(coalescer.infer(MODEL, wide, ["y"], None, 32))
         await settle()
         coalescer._finished(MODEL, queue, 32)  # it returns: the merged call's task is created, not yet run
+        assert len(queue.waiting) == 1
         await coalescer.close()  # cancelled before its first step: its body never runs
-        results = await asyncio.wait_for(asyncio.gather(*members, return_exceptions=True), 5)  # guard, not timing
+        results = await asyncio.wait_for(asyncio.gather(*members, late, return_exceptions=True), 5)  # a hang guard
         assert all(isinstance(r, TritonUnavailable) for r in results), results
         assert queue.inflight == 0 and not sender.calls
 
