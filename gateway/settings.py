@@ -478,7 +478,9 @@ class Settings(BaseSettings):
         description=(
             "Triton calls per model in flight before further requests on that model wait and, when one "
             "returns, go out merged into one batched call (``gateway/coalesce.py``); each still ends at its "
-            "own deadline (504 ``upstream_timeout``). At low load nothing waits. 0: every request its own call."
+            "own deadline (504 ``upstream_timeout``). At low load nothing waits. Keep it above a model's instance "
+            "count (``instance_group``) so that every instance has a call queued; 1 merges most, and suits a Triton "
+            "whose cost is mostly per call. 0: every request its own call."
         ),
     )
     triton_coalesce_max_rows: int = Field(
