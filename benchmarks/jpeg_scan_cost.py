@@ -6,7 +6,7 @@ is about pixels x scans, whatever the file's size. The files: a ``--width`` x ``
 ``progressive=True``; ``--subsampling 0`` is 4:4:4, where a chroma scan covers every pixel as the luma's does),
 then one of its scans repeated (libjpeg warns about the bogus progression and decodes each one again). First a
 probe: each scan of the file repeated ``--probe`` times, its extra CPU per copy (PIL path); the costliest scan
-whose copies still fit ``max_upload_bytes`` is the one repeated for the table. The table: ``classify_input``
+whose copies still fit ``max_upload_bytes`` is the one repeated in each file. The table: ``classify_input``
 (256/224, the served preprocessing) of the plain file, of the file with that scan repeated up to
 ``max_jpeg_scans`` (the worst accepted before) and up to ``max_jpeg_scan_pixels`` / pixels scans (the worst
 accepted now), through the JPEG fast path and through PIL, timed with ``time.thread_time`` (this thread's CPU),
@@ -89,15 +89,23 @@ def main() -> None:
         cost = (_cpu_s(classify(_repeated(plain, index, args.probe), False)) - base) / args.probe
         per_copy.append(cost)
         print(f"| {index} | {len(scan)} | {cost * 1e3:.1f} |", flush=True)
-    fits = [i for i in range(len(scans)) if len(plain) + len(scans[i]) * s.max_jpeg_scans <= s.max_upload_bytes]
-    worst = max(fits, key=lambda i: per_copy[i])
     after = min(s.max_jpeg_scans, s.max_jpeg_scan_pixels // pixels)
+
+    def costliest(total: int) -> int:
+        """The scan whose copies cost the most CPU while a file of ``total`` scans still fits an upload."""
+        extra = total - len(scans)
+        fits = [i for i in range(len(scans)) if len(plain) + len(scans[i]) * extra <= s.max_upload_bytes]
+        return max(fits, key=lambda i: per_copy[i])
+
+    before_scan, after_scan = costliest(s.max_jpeg_scans), costliest(after)
     candidates = {
         f"plain ({len(scans)} scans)": plain,
-        f"scan {worst} repeated: {s.max_jpeg_scans} scans (worst accepted before)": _repeated(
-            plain, worst, s.max_jpeg_scans - len(scans)
+        f"scan {before_scan} repeated: {s.max_jpeg_scans} scans (worst accepted before)": _repeated(
+            plain, before_scan, s.max_jpeg_scans - len(scans)
         ),
-        f"scan {worst} repeated: {after} scans (worst accepted now)": _repeated(plain, worst, after - len(scans)),
+        f"scan {after_scan} repeated: {after} scans (worst accepted now)": _repeated(
+            plain, after_scan, after - len(scans)
+        ),
     }
     files = {}
     for name, data in candidates.items():  # which the gateway's limits accept now
