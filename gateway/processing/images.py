@@ -257,7 +257,7 @@ def _open(
 # microseconds on the event loop per image request) and its decode overhead. Anything it is not sure about
 # (other formats, 12-bit, lossless or arithmetic coding, CMYK, several frames (MPO), an EXIF orientation it
 # cannot read plainly, an XMP orientation, any limit exceeded, any libjpeg warning) goes through the PIL path,
-# so every refusal and error is the PIL path's own. A JPEG of several scans is PIL's to decode (see _load_scaled).
+# so every refusal and error is the PIL path's own; so does a JPEG of many pixels x scans (see _load_scaled).
 _SOI = b"\xff\xd8\xff"
 _FAST_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended and progressive Huffman-coded DCT
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker (not DHT, JPG, DAC)
@@ -496,15 +496,15 @@ def _first_scan(data: bytes) -> tuple[int, bool]:
     """Where the first scan of ``data`` starts (its SOS marker), stepping over the segments before it by their
     lengths as libjpeg does (an EXIF thumbnail's own scans inside them are never decoded), and whether it is
     plainly a sequential JPEG whose first scan holds every component: libjpeg then reads that one scan and nothing
-    after it. (2, False) where the segments are not plain (a standalone marker, fill or junk bytes, a bad length,
-    two frames, more than ``_MAX_SEGMENTS``): every SOS marker in the file then counts."""
+    after it. (2, False) where the segments are not plain (a standalone marker or EOI, fill or junk bytes, a bad
+    length, two frames, more than ``_MAX_SEGMENTS``): every SOS marker in the file then counts."""
     components, sequential = None, True
     i, size = 2, len(data)
     for _ in range(_MAX_SEGMENTS):
         if i + 5 > size:
             break
         prefix, marker, length = _SEGMENT.unpack_from(data, i)
-        if prefix != 0xFF or length < 2 or marker in _JPEG_STANDALONE or marker in (0x00, 0xFF):
+        if prefix != 0xFF or length < 2 or marker in _JPEG_STANDALONE or marker in (0x00, 0xD9, 0xFF):
             break  # where libjpeg would step otherwise than by a length
         if marker == _SOS:
             return i, sequential and components is not None and data[i + 4] == components
