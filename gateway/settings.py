@@ -453,6 +453,16 @@ class Settings(BaseSettings):
             "and can be a few bytes: without a limit a 94 kB JPEG took 37 s of CPU. libjpeg writes 10 (6 for grey)."
         ),
     )
+    max_jpeg_scan_pixels: int = Field(
+        default=480_000_000,
+        description=(
+            "Most pixels (width x height) times scans of a JPEG upload; more: 413 ``payload_too_large``, before "
+            "decoding (0: no limit). A progressive decode costs about that product: with ``max_jpeg_scans`` "
+            "alone a 40 MP JPEG of 100 scans took several seconds of CPU in a thread that cannot be stopped. "
+            "The default passes a progressive photo at ``max_image_pixels`` with up to 12 scans (libjpeg writes "
+            "10, 6 for grey; an EXIF thumbnail's scans do not count)."
+        ),
+    )
     max_image_segments: int = Field(
         default=10_000,
         description=(

@@ -149,19 +149,70 @@ _PIL_FORMATS = tuple(sorted(ACCEPTED_FORMATS))
 _JPEG_FAMILY = frozenset({"MPO"})  # PIL's JPEG plugin opens these: a corrupt JPEG is not one of them
 
 
-def _refused_format(prefix: bytes) -> str | None:
-    """The format of another PIL plugin that takes a file starting with ``prefix`` (PIL reads 16 bytes), by the
-    plugins' prefix checks alone; None for none. Their parsers run in Python, on the event loop for the header
-    check, before the format is refused: a 19.5 MB EPS of comment lines took 14.5 s, a PPM 7 s, a GIF 3.6 s."""
+# Formats told apart by a signature no other format starts with (at least four fixed bytes; BMP's "BM" with its
+# four reserved bytes zero): a 415 names them. Other plugins' prefix checks are too weak to name what they match
+# (an uncompressed TGA starts 00 00 02 00, as a CUR does; "P6" begins text too): a 415 then names what the upload is
+# not.
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"8BPS", "PSD"),
+    (0, b"%!PS-Adobe", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"%PDF-", "PDF"),
+    (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (0, b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (0, b"icns", "ICNS"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypavis", "AVIF"),
+    (4, b"ftypheic", "HEIF"),
+    (4, b"ftypheix", "HEIF"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"),
+)
+_BMP_PREFIX, _BMP_RESERVED = b"BM", slice(6, 10)
+
+
+def _named_format(prefix: bytes) -> str | None:
+    """The format whose signature ``prefix`` starts with (:data:`_SIGNATURES`); None where no signature says."""
+    for offset, signature, name in _SIGNATURES:
+        if prefix.startswith(signature, offset):
+            return name
+    if prefix.startswith(_BMP_PREFIX) and prefix[_BMP_RESERVED] == bytes(4):
+        return "BMP"
+    return None
+
+
+def _other_plugin_takes(prefix: bytes) -> bool:
+    """Whether another PIL plugin's prefix check takes a file starting with ``prefix`` (PIL reads 16 bytes): an
+    image, likely, of a format refused. Only the checks run: the plugins' parsers run in Python, on the event loop
+    for the header check, before the format is refused (a 19.5 MB EPS of comment lines took 14.5 s, a PPM 7 s, a
+    GIF 3.6 s). Their names are no answer: the checks are first come, first served (a TGA is taken as a CUR)."""
     Image.init()
     for name, (_, accept) in Image.OPEN.items():
         if name in ACCEPTED_FORMATS or name in _JPEG_FAMILY or accept is None:
             continue
         try:
             if accept(prefix):
-                return name
+                return True
         except Exception:  # a plugin's check of a short or odd prefix: not that format
             continue
+    return False
+
+
+def _refused_format(prefix: bytes) -> str | None:
+    """Why an upload starting with ``prefix`` that no accepted format's plugin opens is refused with 415, naming
+    its format only where its signature is plain (:func:`_named_format`); None: not an image we can tell (400)."""
+    accepted = "send a JPEG, PNG or WebP image"
+    named = _named_format(prefix)
+    if named is not None:
+        return f"image format {named} is not supported; {accepted}"
+    if _other_plugin_takes(prefix):
+        return "image format not supported: not a JPEG, PNG or WebP image"
     return None
 
 
@@ -178,9 +229,7 @@ def _open(
     except UnidentifiedImageError as exc:
         refused = _refused_format(data[:16])
         if refused is not None:
-            raise UnsupportedMediaType(
-                f"image format {refused} is not supported; send one of {sorted(ACCEPTED_FORMATS)}"
-            ) from exc
+            raise UnsupportedMediaType(refused) from exc
         raise InvalidImage("not a decodable image; send a JPEG, PNG or WebP file") from exc
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
@@ -208,7 +257,7 @@ def _open(
 # microseconds on the event loop per image request) and its decode overhead. Anything it is not sure about
 # (other formats, 12-bit, lossless or arithmetic coding, CMYK, several frames (MPO), an EXIF orientation it
 # cannot read plainly, an XMP orientation, any limit exceeded, any libjpeg warning) goes through the PIL path,
-# so every refusal and error is the PIL path's own.
+# so every refusal and error is the PIL path's own; so does a JPEG of many pixels x scans (see _load_scaled).
 _SOI = b"\xff\xd8\xff"
 _FAST_SOF = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended and progressive Huffman-coded DCT
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # every start-of-frame marker (not DHT, JPG, DAC)
@@ -390,12 +439,13 @@ def _fast_jpeg_scaled(
     max_aspect_ratio: float,
     scale: Callable[[int, int], float] | None,
     pil: bool = False,
+    jpeg: _Jpeg | None = None,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]] | None:
     """What :func:`load_scaled` gives, for a JPEG the fast path takes, as an RGB [H, W, 3] or grey [H, W]
     uint8 array, or (``pil``) as a PIL image in mode RGB or L (PIL holds RGB as RGBX: decoded as RGBX, the
     image is a plain copy, where an RGB array's would be repacked, twice the CPU); None: use
-    :func:`load_scaled`."""
-    jpeg = _fast_jpeg(data, max_pixels, max_aspect_ratio)
+    :func:`load_scaled`. ``jpeg``: what :func:`_fast_jpeg` read of it, when the caller has it."""
+    jpeg = jpeg or _fast_jpeg(data, max_pixels, max_aspect_ratio)
     if jpeg is None or jpeg.colorspace not in _FAST_COLORSPACES:
         return None
     width, height = jpeg.header.width, jpeg.header.height
@@ -435,42 +485,76 @@ def _fast_jpeg_scaled(
 # progressive 4000x4000 JPEG with its last scan repeated 1000 times took 37 s of CPU to decode (both paths), far
 # past any request deadline (its thread cannot be stopped). libjpeg writes 10 scans (6 for grey).
 MAX_JPEG_SCANS = 100
+# The count alone still let a 40 MP JPEG of 100 scans through: what a decode costs is about its pixels times its
+# scans (benchmarks/jpeg_scan_cost.py), bounded by the gateway's ``max_jpeg_scan_pixels`` (checked before
+# preprocessing, in ImageTask.admitted; here only where a caller passes it).
 _SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+_SOS_MARKER = b"\xff\xda"
+
+
+def _first_scan(data: bytes) -> tuple[int, bool]:
+    """Where the first scan of ``data`` starts (its SOS marker), stepping over the segments before it by their
+    lengths as libjpeg does (an EXIF thumbnail's own scans inside them are never decoded), and whether it is
+    plainly a sequential JPEG whose first scan holds every component: libjpeg then reads that one scan and nothing
+    after it. (2, False) where the segments are not plain (a standalone marker or EOI, fill or junk bytes, a bad
+    length, two frames, more than ``_MAX_SEGMENTS``): every SOS marker in the file then counts."""
+    components, sequential = None, True
+    i, size = 2, len(data)
+    for _ in range(_MAX_SEGMENTS):
+        if i + 5 > size:
+            break
+        prefix, marker, length = _SEGMENT.unpack_from(data, i)
+        if prefix != 0xFF or length < 2 or marker in _JPEG_STANDALONE or marker in (0x00, 0xD9, 0xFF):
+            break  # where libjpeg would step otherwise than by a length
+        if marker == _SOS:
+            return i, sequential and components is not None and data[i + 4] == components
+        if marker in _SOF:
+            if components is not None or i + 10 > size:
+                break
+            sequential, components = marker in _SEQUENTIAL_SOF, data[i + 9]
+        i += 2 + length
+    return 2, False
 
 
 def _one_scan(data: bytes) -> bool:
     """Whether ``data`` is plainly a sequential JPEG whose first scan holds every component: libjpeg then
     reads that one scan and nothing after it (cheap to tell from the markers before it)."""
-    components = None
-    i, size = 2, len(data)
-    for _ in range(_MAX_SEGMENTS):
-        if i + 5 > size:
-            return False
-        prefix, marker, length = _SEGMENT.unpack_from(data, i)
-        if prefix != 0xFF:
-            return False
-        if marker == _SOS:
-            return components is not None and data[i + 4] == components
-        if marker in _SOF:
-            if components is not None or marker not in _SEQUENTIAL_SOF or i + 10 > size:
-                return False
-            components = data[i + 9]
-        i += 2 + length
-    return False
+    return _first_scan(data)[1]
 
 
-def check_jpeg_scans(data: bytes, max_scans: int) -> None:
-    """413 for a JPEG with more than ``max_scans`` scans (0: no limit), before any of it is decoded.
+def jpeg_scans(data: bytes) -> int:
+    """The scans libjpeg may decode from a JPEG ``data``: 1 for a sequential JPEG whose first scan holds every
+    component (the usual camera or encoder output), else every start-of-scan marker from the first scan on
+    (0xFF 0xDA cannot occur in entropy-coded data; a thumbnail's scans before it are not counted), about 1 ms a
+    megabyte."""
+    start, one = _first_scan(data)
+    return 1 if one else data.count(_SOS_MARKER, start)
 
-    Counted only where there may be several (a sequential JPEG with one interleaved scan, the usual camera
-    or encoder output, costs nothing): every start-of-scan marker in the file (0xFF 0xDA cannot occur in
-    entropy-coded data; an EXIF thumbnail's own scans count too), about 1 ms a megabyte.
-    """
-    if not max_scans or not data.startswith(_SOI) or _one_scan(data):
-        return
-    scans = data.count(b"\xff\xda")
-    if scans > max_scans:
+
+def scan_count_matters(data: bytes, pixels: int, max_scans: int, max_scan_pixels: int) -> bool:
+    """Whether ``max_scan_pixels`` could refuse a JPEG ``data`` of ``pixels`` pixels that ``max_scans`` lets
+    through (microseconds: the markers before its first scan only, no count); False for anything but a JPEG."""
+    if not max_scan_pixels or (max_scans and pixels * max_scans <= max_scan_pixels):
+        return False
+    return data.startswith(_SOI) and not _one_scan(data)
+
+
+def check_jpeg_scans(data: bytes, max_scans: int, pixels: int = 0, max_scan_pixels: int = 0) -> int:
+    """413 for a JPEG with more than ``max_scans`` scans, or (of ``pixels`` pixels) more than ``max_scan_pixels``
+    pixels times scans (each 0: no limit), before any of it is decoded. Scans counted by :func:`jpeg_scans`,
+    once for both limits (a sequential JPEG with one interleaved scan, the usual camera or encoder output, costs
+    nothing); returns the count, 0 where there was none to make (no limit, or not a JPEG)."""
+    if not (max_scans or (pixels and max_scan_pixels)) or not data.startswith(_SOI):
+        return 0
+    scans = jpeg_scans(data)
+    if max_scans and scans > max_scans:
         raise PayloadTooLarge(f"the JPEG has {scans} scans; the limit is {max_scans}")
+    if max_scan_pixels and pixels * scans > max_scan_pixels:
+        raise PayloadTooLarge(
+            f"the JPEG has {scans} scans of {pixels} pixels (each costs about a decode of the image); "
+            f"the limit is {max_scan_pixels} pixels x scans"
+        )
+    return scans
 
 
 def fast_header(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> ImageHeader | None:
@@ -512,6 +596,7 @@ def load_scaled(
     scale: Callable[[int, int], float] | None = None,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
     max_segments: int = MAX_IMAGE_SEGMENTS,
+    max_scan_pixels: int = 0,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """As :func:`load_image`, for an image about to be resized; also its full upright size.
 
@@ -520,11 +605,13 @@ def load_scaled(
     the smallest DCT-domain scale (1/2, 1/4, 1/8) that still keeps both sides at least that factor
     times the full size (PIL ``draft``), so the resize that follows gets at least the pixels it
     needs; other formats, and factors above 1/2, decode in full. Returns the image and the
-    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans: 413 (0: no limit);
-    ``max_segments``: see :func:`check_segments`.
+    (width, height) the full decode has. A JPEG of more than ``max_jpeg_scans`` scans, or more than
+    ``max_scan_pixels`` pixels x scans: 413 (:func:`check_jpeg_scans`; each 0: no limit); ``max_segments``: see
+    :func:`check_segments`.
     """
     image, header = _open(data, max_pixels, max_aspect_ratio, max_segments)
-    check_jpeg_scans(data, max_jpeg_scans)
+    if header.format == "JPEG":
+        check_jpeg_scans(data, max_jpeg_scans, header.width * header.height, max_scan_pixels)
     factor = scale(header.width, header.height) if scale is not None else 1.0
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION)  # as ImageOps.exif_transpose reads it
@@ -546,6 +633,13 @@ def load_scaled(
     return image, full
 
 
+# A JPEG of more pixels x scans than this is PIL's to decode: TurboJPEG (strict) tells a libjpeg warning (a bogus
+# progression, corrupt data) only after it has decoded every scan, and PIL then decoded them all again (a 40 MP JPEG
+# of 100 scans: 8 s of CPU instead of 4, benchmarks/jpeg_scan_cost.py). Below it the fast path's gain is worth the
+# risk (a 512x512 progressive JPEG's detect_input: 4 ms against PIL's 8); at 12 MP and 10 scans it gained nothing.
+_FAST_MAX_SCAN_PIXELS = 50_000_000
+
+
 def _load_scaled(
     data: bytes,
     max_pixels: int,
@@ -555,16 +649,18 @@ def _load_scaled(
     pil: bool = False,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
     max_segments: int = MAX_IMAGE_SEGMENTS,
+    max_scan_pixels: int = 0,
 ) -> tuple[np.ndarray | Image.Image, tuple[int, int]]:
     """:func:`load_scaled`, through the JPEG fast path first when ``fast_jpeg`` (see :func:`_fast_jpeg_scaled`)."""
-    if fast_jpeg:
-        # Before the fast path, which would decode every scan too before it declined (libjpeg warns).
-        check_jpeg_scans(data, max_jpeg_scans)
-        fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil)
-        if fast is not None:
-            return fast
-        max_jpeg_scans = 0  # checked
-    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans, max_segments)
+    if fast_jpeg and (jpeg := _fast_jpeg(data, max_pixels, max_aspect_ratio)) is not None:
+        pixels = jpeg.header.width * jpeg.header.height
+        scans = check_jpeg_scans(data, max_jpeg_scans, pixels, max_scan_pixels) or jpeg_scans(data)
+        max_jpeg_scans = max_scan_pixels = 0  # checked
+        if pixels * scans <= _FAST_MAX_SCAN_PIXELS:
+            fast = _fast_jpeg_scaled(data, max_pixels, max_aspect_ratio, scale, pil, jpeg)
+            if fast is not None:
+                return fast
+    return load_scaled(data, max_pixels, max_aspect_ratio, scale, max_jpeg_scans, max_segments, max_scan_pixels)
 
 
 def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float = 0.0) -> np.ndarray:
@@ -663,15 +759,23 @@ def detect_input(
     fast_jpeg: bool = True,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
     max_segments: int = MAX_IMAGE_SEGMENTS,
+    max_scan_pixels: int = 0,
 ) -> tuple[np.ndarray, Letterbox]:
     """The whole detection preprocessing: decode (a JPEG at a reduced scale when the letterbox shrinks
     it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the same pixels)
     and letterbox to ``size`` (into ``out`` when given, see :func:`letterbox`). The served path and every
-    reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more than
-    ``max_segments``: 413 (:func:`check_segments`)."""
+    reference use this. A JPEG of more than ``max_jpeg_scans`` scans or ``max_scan_pixels`` pixels x scans: 413
+    (:func:`check_jpeg_scans`); more than ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: letterbox_gain(w, h, size)) if reduced_decode else None
     image, full = _load_scaled(
-        data, max_pixels, max_aspect_ratio, scale, fast_jpeg, max_jpeg_scans=max_jpeg_scans, max_segments=max_segments
+        data,
+        max_pixels,
+        max_aspect_ratio,
+        scale,
+        fast_jpeg,
+        max_jpeg_scans=max_jpeg_scans,
+        max_segments=max_segments,
+        max_scan_pixels=max_scan_pixels,
     )
     return letterbox(image, size, pad_value, full, out)
 
@@ -707,12 +811,13 @@ def classify_input(
     fast_jpeg: bool = True,
     max_jpeg_scans: int = MAX_JPEG_SCANS,
     max_segments: int = MAX_IMAGE_SEGMENTS,
+    max_scan_pixels: int = 0,
 ) -> np.ndarray:
     """The whole classification preprocessing: decode (a JPEG at a reduced scale when the resize
     shrinks it 2x or more and ``reduced_decode``; through the JPEG fast path when ``fast_jpeg``, the
     same pixels), resize the shorter side to ``resize`` and centre-crop ``crop``. The served path and
-    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans: 413 (:func:`check_jpeg_scans`); more
-    than ``max_segments``: 413 (:func:`check_segments`)."""
+    every reference use this. A JPEG of more than ``max_jpeg_scans`` scans or ``max_scan_pixels`` pixels x scans:
+    413 (:func:`check_jpeg_scans`); more than ``max_segments``: 413 (:func:`check_segments`)."""
     scale = (lambda w, h: resize / min(w, h)) if reduced_decode else None
     image, full = _load_scaled(
         data,
@@ -723,5 +828,6 @@ def classify_input(
         pil=True,
         max_jpeg_scans=max_jpeg_scans,
         max_segments=max_segments,
+        max_scan_pixels=max_scan_pixels,
     )
     return resize_center_crop(image, resize, crop, full)

@@ -17,7 +17,7 @@ from gateway.catalog import ModelInfo
 from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.model_io import ModelIO
-from gateway.processing.images import fast_header, read_header
+from gateway.processing.images import check_jpeg_scans, fast_header, read_header, scan_count_matters
 from gateway.settings import Settings
 from gateway.shared_memory import Region
 from gateway.triton import TritonClient
@@ -171,6 +171,8 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
         A JPEG's header is read on the event loop (libjpeg-turbo, microseconds); any other header is
         PIL's to read, Python walking the file's chunks (a PNG of compressed text chunks held the loop
         for ~0.25 s per 5 MB, found by fuzzing), so it is read in a worker thread like the decode.
+        A JPEG's scans are counted against ``max_jpeg_scan_pixels`` there too (about 1 ms a megabyte), only
+        where that limit could refuse what ``max_jpeg_scans`` lets through (a large progressive JPEG).
         """
         s = self.settings
         header = fast_header(request.image, s.max_image_pixels, s.max_image_aspect_ratio) if s.fast_jpeg else None
@@ -184,5 +186,8 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
                 False,
                 s.max_image_segments,
             )
+        pixels = header.width * header.height
+        if scan_count_matters(request.image, pixels, s.max_jpeg_scans, s.max_jpeg_scan_pixels):
+            await in_thread(self.executor, check_jpeg_scans, request.image, 0, pixels, s.max_jpeg_scan_pixels)
         async with self.budget.reserve(header.decode_bytes):
             yield

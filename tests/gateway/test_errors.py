@@ -122,7 +122,14 @@ def test_bad_query_parameters_are_422(client: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def small_limits_client(settings: Settings) -> Iterator[TestClient]:
-    limited = settings.model_copy(update={"max_upload_bytes": 2048, "max_image_pixels": 100 * 100, "max_form_parts": 4})
+    limited = settings.model_copy(
+        update={
+            "max_upload_bytes": 2048,
+            "max_image_pixels": 100 * 100,
+            "max_form_parts": 4,
+            "max_jpeg_scan_pixels": 32 * 32 * 8,
+        }
+    )
     with TestClient(create_app(limited)) as test_client:
         yield test_client
 
@@ -139,6 +146,36 @@ def test_image_over_pixel_limit_is_413(small_limits_client: TestClient) -> None:
     assert len(wide) < 2048
     response = small_limits_client.post("/classify", files={"file": ("a.png", wide, "image/png")})
     _assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_a_jpeg_over_the_scan_pixel_limit_is_413(small_limits_client: TestClient, route: str) -> None:
+    """A decode costs about pixels x scans: past ``max_jpeg_scan_pixels`` (here 32 x 32 x 8) a progressive JPEG is
+    refused before decoding (a colour one: libjpeg writes 10 scans); one under it (grey: 6 scans) is served."""
+
+    def progressive(mode: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.radial_gradient("L").resize((32, 32)).convert(mode).save(buffer, "JPEG", progressive=True)
+        return buffer.getvalue()
+
+    colour, grey = progressive("RGB"), progressive("L")
+    assert (colour.count(b"\xff\xda"), grey.count(b"\xff\xda")) == (10, 6)
+    over = small_limits_client.post(route, files={"file": ("a.jpg", colour, "image/jpeg")})
+    _assert_error(over, 413, "payload_too_large")
+    assert "10 scans of 1024 pixels" in over.json()["error"]["message"]
+    under = small_limits_client.post(route, files={"file": ("a.jpg", grey, "image/jpeg")})
+    assert under.status_code == 200, under.text
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_a_415_does_not_name_a_format_it_cannot_tell(client: TestClient, route: str) -> None:
+    """An uncompressed TGA starts as a CUR does (PIL's prefix checks took it for one): the 415 says what it is not,
+    where a GIF, whose signature is plain, is named."""
+    tga = client.post(route, files={"file": ("a.tga", _image("TGA"), "application/octet-stream")})
+    _assert_error(tga, 415, "unsupported_media_type")
+    assert tga.json()["error"]["message"] == "image format not supported: not a JPEG, PNG or WebP image"
+    gif = client.post(route, files={"file": ("a.gif", _image("GIF"), "application/octet-stream")})
+    assert gif.json()["error"]["message"].startswith("image format GIF is not supported")
 
 
 @pytest.fixture(scope="module")

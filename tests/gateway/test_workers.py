@@ -89,6 +89,71 @@ def two_workers(
         log.close()
 
 
+def _refused_by_pid(directory: pathlib.Path) -> dict[tuple[str, str], set[int]]:
+    """Which workers counted an error answer, by (route, code), read from their multiprocess files."""
+    pids: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for path in directory.glob("counter_*.db"):
+        db = MmapedDict(str(path), read_mode=True)
+        try:
+            for key, value, _ in db.read_all_values():
+                _name, sample, labels, _help = json.loads(key)
+                if sample == "gateway_errors_total" and value:
+                    pids[labels["route"], labels["code"]].add(int(path.stem.split("_")[-1]))
+        finally:
+            db.close()
+    return dict(pids)
+
+
+def _refusals() -> dict[str, tuple[bytes, int, str]]:
+    """Uploads the image routes refuse, each with the status and error code a client must see from any worker."""
+    import io
+
+    from PIL import Image
+
+    def progressive(size: tuple[int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.radial_gradient("L").resize(size).convert("RGB").save(buffer, "JPEG", progressive=True)
+        return buffer.getvalue()
+
+    small, large = progressive((64, 48)), progressive((8000, 5000))  # 10 scans each
+    last, end = small.rindex(b"\xff\xda"), small.rindex(b"\xff\xd9")
+    tga = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(tga, "TGA")
+    return {
+        "garbage": (b"not an image", 400, "invalid_image"),
+        "tga": (tga.getvalue(), 415, "unsupported_media_type"),
+        "101 scans": (small[:end] + small[last:end] * 91 + small[end:], 413, "payload_too_large"),
+        # 40 MP x 13 scans: past the default max_jpeg_scan_pixels (40 MP x 12)
+        "40 MP x 13 scans": (
+            large[:-2] + large[large.rindex(b"\xff\xda") : -2] * 3 + large[-2:],
+            413,
+            "payload_too_large",
+        ),
+    }
+
+
+def _assert_refused_alike(url: str, metrics_dir: pathlib.Path) -> None:
+    """Each worker refuses the same upload with the same status, error code and message (each counts its own)."""
+    refusals = _refusals()
+
+    def post(name: str) -> tuple[int, str, str]:
+        files = {"file": ("upload", refusals[name][0], "application/octet-stream")}
+        response = httpx.post(f"{url}/classify", files=files, headers={"Connection": "close"}, timeout=60)
+        error = response.json()["error"]
+        return response.status_code, error["code"], error["message"]
+
+    deadline = time.monotonic() + 120
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while True:  # until both workers have refused (the kernel picks who accepts)
+            for name, (_, status, code) in refusals.items():
+                answers = set(pool.map(post, [name] * 4))
+                assert len(answers) == 1 and next(iter(answers))[:2] == (status, code), (name, answers)
+            counted = _refused_by_pid(metrics_dir)
+            if all(len(counted.get(("/classify", code), ())) == 2 for _, _, code in refusals.values()):
+                break
+            assert time.monotonic() < deadline, counted
+
+
 def _owners(regions: set[str]) -> set[int]:
     """The worker PIDs named in shared-memory region names (``gw-<pid>-<token>-<index>``)."""
     return {int(name.split("-")[1]) for name in regions}
@@ -150,6 +215,7 @@ def test_two_workers_one_scrape_counts_every_request(
     # Each worker registered its own regions, named after its PID.
     mine = _regions(triton) - before
     assert _owners(mine) == set(per_worker), (mine, per_worker)
+    _assert_refused_alike(url, metrics_dir)  # here: a second pair of workers would cost half a minute to start
 
     assert stop_process(process, 30) == 0  # a clean exit on SIGINT
     assert _regions(triton) == before

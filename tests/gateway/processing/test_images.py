@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from gateway.errors import GatewayError, InvalidImage, PayloadTooLarge, UnsupportedImageShape, UnsupportedMediaType
 from gateway.processing import images
@@ -489,6 +489,81 @@ def test_a_one_scan_sequential_jpeg_is_not_counted() -> None:
     images.check_jpeg_scans(_more_scans(baseline, 200), 100)  # not refused: libjpeg stops after the first
 
 
+@pytest.mark.parametrize("fast_jpeg", [True, False])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_jpeg_over_the_scan_pixel_limit_is_413_before_decoding(
+    mode: str, fast_jpeg: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fuzzing: within ``max_jpeg_scans`` and ``max_image_pixels`` apart, a 40 MP progressive JPEG of 99
+    scans still took seconds of CPU (a decode costs about pixels x scans). Past ``max_scan_pixels`` both paths
+    refuse it before decoding anything; at the limit it is decoded as before."""
+    progressive = _encode(_BASE.convert(mode), "JPEG", progressive=True)
+    scans = images.jpeg_scans(progressive)
+    assert scans == len(_scans(progressive)) > 1
+    pixels = _BASE.width * _BASE.height
+    limits = (_MAX, 0.0)
+    reference = classify_input(progressive, *limits, 64, 32, fast_jpeg=False)
+    served = classify_input(progressive, *limits, 64, 32, fast_jpeg=fast_jpeg, max_scan_pixels=pixels * scans)
+    np.testing.assert_array_equal(served, reference)
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        pytest.fail("decoded before the scan-pixel limit was checked")
+
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", no_decode)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    message = f"the JPEG has {scans} scans of {pixels} pixels .*; the limit is {pixels * scans - 1} pixels x scans"
+    with pytest.raises(PayloadTooLarge, match=message):
+        classify_input(progressive, *limits, 64, 32, fast_jpeg=fast_jpeg, max_scan_pixels=pixels * scans - 1)
+    with pytest.raises(PayloadTooLarge, match=message):
+        detect_input(progressive, *limits, 64, fast_jpeg=fast_jpeg, max_scan_pixels=pixels * scans - 1)
+    with pytest.raises(PayloadTooLarge, match=message):
+        load_scaled(progressive, *limits, max_scan_pixels=pixels * scans - 1)
+
+
+def test_a_jpeg_of_many_pixels_x_scans_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TurboJPEG tells a libjpeg warning only after decoding every scan, and the PIL path then decoded them all
+    again (a 40 MP JPEG of 100 scans: twice the CPU). Past ``_FAST_MAX_SCAN_PIXELS`` a JPEG of several scans goes
+    to PIL alone, with the same pixels; below it, and for a JPEG of one scan, the fast path decodes it."""
+    progressive = _more_scans(_encode(_BASE, "JPEG", progressive=True), 3)  # a bogus progression: libjpeg warns
+    baseline = _encode(_BASE, "JPEG")
+    pixels, scans = _BASE.width * _BASE.height, images.jpeg_scans(progressive)
+    reference = {data: classify_input(data, _MAX, 0.0, 64, 32, fast_jpeg=False) for data in (progressive, baseline)}
+    decodes: list[int] = []
+    real_decode = images.simplejpeg.decode_jpeg
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        decodes.append(1)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", counting_decode)
+    for limit, fast_decodes in ((pixels * scans, 1), (pixels * scans - 1, 0)):
+        monkeypatch.setattr(images, "_FAST_MAX_SCAN_PIXELS", limit)
+        decodes.clear()
+        np.testing.assert_array_equal(classify_input(progressive, _MAX, 0.0, 64, 32), reference[progressive])
+        assert len(decodes) == fast_decodes
+    decodes.clear()
+    np.testing.assert_array_equal(classify_input(baseline, _MAX, 0.0, 64, 32), reference[baseline])
+    assert len(decodes) == 1
+
+
+def test_scans_are_counted_from_the_first_scan_of_the_image() -> None:
+    """An EXIF thumbnail's scans (inside a segment before the image's first scan) are never decoded: a
+    progressive photo with a progressive thumbnail is counted by its own scans. Where the segments before the
+    first scan are not plain (a standalone marker, which libjpeg steps over otherwise than by a length), every
+    scan in the file counts."""
+    progressive = _encode(_BASE, "JPEG", progressive=True)
+    thumbnail = _encode(_BASE.resize((16, 11)), "JPEG", progressive=True)
+    with_thumbnail = _with_segment(progressive, 0xE1, b"Exif\x00\x00" + thumbnail)
+    assert with_thumbnail.count(b"\xff\xda") == 2 * images.jpeg_scans(progressive)
+    assert images.jpeg_scans(with_thumbnail) == images.jpeg_scans(progressive) == len(_scans(progressive))
+    pixels = _BASE.width * _BASE.height
+    images.check_jpeg_scans(with_thumbnail, 100, pixels, pixels * images.jpeg_scans(progressive))  # not refused
+    standalone = progressive[:2] + b"\xff\x01" + with_thumbnail[2:]  # TEM: no length follows
+    assert images.jpeg_scans(standalone) == with_thumbnail.count(b"\xff\xda")
+    baseline = _encode(_BASE, "JPEG")
+    assert images.jpeg_scans(_more_scans(baseline, 200)) == 1  # libjpeg stops after its one scan
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
@@ -577,8 +652,40 @@ def test_a_refused_format_is_415_without_its_pil_parser_running(fmt: str, monkey
     for cls in vars(plugin).values():
         if isinstance(cls, type) and issubclass(cls, Image.Image) and "_open" in vars(cls):
             monkeypatch.setattr(cls, "_open", lambda self: pytest.fail(f"{type(self).__name__} parsed the upload"))
+    named = "not a JPEG, PNG or WebP image" if fmt == "PPM" else f"image format {fmt} is not supported"
     for fast_jpeg in (True, False):
-        with pytest.raises(UnsupportedMediaType, match=f"image format {fmt} is not supported"):
+        with pytest.raises(UnsupportedMediaType, match=named):
             read_header(data, _MAX, 0.0, fast_jpeg)
     with pytest.raises(UnsupportedMediaType):
         classify_input(data, _MAX, 0.0, 64, 32)
+
+
+def _saved(fmt: str) -> bytes:
+    return _encode(_BASE, fmt)
+
+
+_TOLD_APART = {
+    # An uncompressed TGA starts 00 00 02 00, as PIL's CUR check wants: it was refused as "image format CUR".
+    "TGA": (_saved("TGA"), "image format not supported: not a JPEG, PNG or WebP image"),
+    "PPM": (_saved("PPM"), "image format not supported: not a JPEG, PNG or WebP image"),
+    "ICO": (_saved("ICO"), "image format not supported: not a JPEG, PNG or WebP image"),
+    "GIF": (_saved("GIF"), "image format GIF is not supported"),
+    "TIFF": (_saved("TIFF"), "image format TIFF is not supported"),
+    "BMP": (_saved("BMP"), "image format BMP is not supported"),
+    "HEIF": (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "image format HEIF is not supported"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(_TOLD_APART))
+def test_a_415_names_a_format_only_where_its_signature_says_it(fmt: str) -> None:
+    """PIL's prefix checks are first come, first served and some are weak (a TGA passed CUR's): a 415 names the
+    format only where its first bytes are a signature no other format has, and otherwise says what it is not.
+    Bytes no image format's check takes stay 400."""
+    data, message = _TOLD_APART[fmt]
+    for fast_jpeg in (True, False):
+        with pytest.raises(UnsupportedMediaType) as refused:
+            read_header(data, _MAX, 0.0, fast_jpeg)
+        assert str(refused.value).startswith(message), str(refused.value)
+        assert "CUR" not in str(refused.value)
+    with pytest.raises(InvalidImage, match="not a decodable image"):
+        read_header(b"plain text, no image at all", _MAX, 0.0)

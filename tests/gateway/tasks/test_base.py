@@ -113,3 +113,62 @@ def test_only_a_jpeg_header_is_read_on_the_event_loop(
         assert threads and all(name.startswith("decode") for name in threads) and loop_thread not in threads
     else:
         assert threads == []
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False])
+def test_a_jpeg_over_the_scan_pixel_limit_is_refused_at_admission(
+    fast_jpeg: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``max_jpeg_scan_pixels`` is the gateway's setting: checked at admission, before the decoding budget is
+    reserved and before preprocessing decodes anything, whichever path reads the header. The scans are counted in
+    the task's worker pool, and only where that limit could refuse what ``max_jpeg_scans`` lets through."""
+    import io
+
+    from PIL import Image
+
+    from gateway.catalog import ModelInfo
+    from gateway.errors import PayloadTooLarge
+    from gateway.metrics import Metrics
+    from gateway.processing import images
+    from gateway.settings import Settings
+    from gateway.tasks import base
+    from gateway.tasks.classify import ClassifyQuery, ClassifyTask
+
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 48)).convert("RGB").save(out, "JPEG", progressive=True)
+    progressive = out.getvalue()
+    scans, pixels = images.jpeg_scans(progressive), 64 * 48
+    counted: list[str] = []
+
+    def recording_check(*args: object) -> None:
+        counted.append(threading.current_thread().name)
+        images.check_jpeg_scans(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(base, "check_jpeg_scans", recording_check)
+
+    def admit(max_scans: int, max_scan_pixels: int) -> None:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, fast_jpeg=fast_jpeg, max_jpeg_scans=max_scans, max_jpeg_scan_pixels=max_scan_pixels
+        )
+        model = ModelInfo(name="resnet50_vd", task="classify", weights="untrained")
+        task = ClassifyTask(model, None, Metrics(), settings)  # type: ignore[arg-type]  # admission needs no client
+        task.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
+
+        async def scenario() -> None:
+            async with task.admitted(ClassifyQuery(progressive)):
+                assert task.budget.reserved_bytes > 0  # admitted: its decoding cost is reserved
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            task.executor.shutdown()
+
+    admit(100, pixels * scans)  # at the limit
+    assert counted and all(name.startswith("decode") for name in counted)
+    with pytest.raises(PayloadTooLarge, match=f"{scans} scans of {pixels} pixels"):
+        admit(100, pixels * scans - 1)
+    counted.clear()
+    admit(100, pixels * 100)  # max_jpeg_scans refuses first whatever this one would: not counted here
+    assert counted == []
+    with pytest.raises(PayloadTooLarge, match=f"{scans} scans of {pixels} pixels"):
+        admit(0, pixels * scans - 1)  # no scan limit: counted whatever the size
