@@ -1,8 +1,9 @@
 """ASGI middleware: a token bucket per client; an empty bucket answers 429 before the body is read.
 
 A client is its API key (``key:<index>``, set by :mod:`gateway.auth`) when keys are configured,
-else its IP address as the ASGI server reports it (behind a proxy, configure uvicorn's
-``--forwarded-allow-ips`` so that is the real client). Each bucket holds up to ``burst`` tokens
+else its IP address as the ASGI server reports it (behind a proxy, set
+``GATEWAY_FORWARDED_ALLOW_IPS`` to the proxy so that is the real client; see :func:`client_of`). Each
+worker process (``GATEWAY_WORKERS``) has its own buckets. Each bucket holds up to ``burst`` tokens
 and refills at ``rate`` per second; a request takes one. Without a token the client gets 429
 ``rate_limited`` with ``Retry-After``: the whole seconds until a token is back.
 

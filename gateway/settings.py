@@ -472,6 +472,17 @@ class Settings(BaseSettings):
             "an escaped emoji)."
         ),
     )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description=(
+            "Proxies trusted to name the client in ``X-Forwarded-For`` (and the scheme in "
+            "``X-Forwarded-Proto``): comma-separated IP addresses or networks (``10.0.0.0/8``), ``*`` for any "
+            "peer. The client so named is the rate limit's identity without API keys (429 ``rate_limited``). "
+            "Unset (default) or empty: no proxy is trusted and the client is the connection's peer. (uvicorn's "
+            "own default trusted 127.0.0.1: any local process could send a new ``X-Forwarded-For`` with each "
+            "request, get a fresh bucket each time and never see a 429.)"
+        ),
+    )
 
 
 def _markdown_default(value: object) -> str:
