@@ -7,6 +7,8 @@ import json
 import os
 import pathlib
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -155,3 +157,67 @@ def test_two_workers_one_scrape_counts_every_request(
     assert _regions(triton) == before
     assert not [name for name in mine if pathlib.Path("/dev/shm", name).exists()]
     assert not list(metrics_dir.glob("*.db"))  # cleaned at exit
+
+
+def _inflight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r"^gateway_inflight_requests (\S+)$", text, re.M)
+    assert match is not None, text
+    return float(match.group(1))
+
+
+def test_a_killed_worker_is_replaced_and_leaves_no_gauge_or_shared_memory_behind(
+    two_workers: tuple[str, pathlib.Path, subprocess.Popen[bytes]], triton: TritonServer, astronaut_png: bytes
+) -> None:
+    """SIGKILL both workers while requests are in flight: uvicorn starts new ones; the in-flight gauge
+    drops back to 0 (the dead workers' live-gauge files counted their requests for ever) and their
+    shared-memory regions leave Triton and /dev/shm (Triton kept them registered and mapped)."""
+    url, metrics_dir, _ = two_workers
+    before = _regions(triton)
+    files = {"file": ("a.png", astronaut_png, "image/png")}
+    deadline = time.monotonic() + 120
+    while len(_owners(_regions(triton) - before)) < 2:  # the kernel picks the worker: until both hold regions
+        assert time.monotonic() < deadline, "both workers did not answer /detect"
+        response = httpx.post(f"{url}/detect?model=yolov5n", files=files, headers={"Connection": "close"}, timeout=60)
+        assert response.status_code == 200, response.text
+    workers = _owners(_regions(triton) - before)
+    # Uploads that never finish: in flight (counted in the gauge) until their worker dies.
+    uploads = []
+    for _ in range(4):
+        upload = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
+        upload.sendall(
+            b"POST /qa HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        uploads.append(upload)
+    while _inflight(url) < 1:
+        assert time.monotonic() < deadline, "the uploads were not counted in flight"
+        time.sleep(0.1)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    for upload in uploads:
+        upload.close()
+
+    def settled() -> bool:
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+        left = {name for name in _regions(triton) if _owners({name}) & workers}
+        in_dev_shm = [p for pid in workers for p in pathlib.Path("/dev/shm").glob(f"gw-{pid}-*")]
+        return ready and not left and not in_dev_shm and _inflight(url) == 0
+
+    deadline = time.monotonic() + 120
+    while not settled():
+        assert time.monotonic() < deadline, (
+            _inflight(url),
+            sorted(_regions(triton) - before),
+            sorted(metrics_dir.glob("gauge_*")),
+        )
+        time.sleep(0.5)
+    assert not [path for pid in workers for path in metrics_dir.glob(f"gauge_live*_{pid}.db")]
+    # The new workers answer, and the dead workers' counts are kept (counters are not live gauges).
+    response = httpx.post(f"{url}/detect?model=yolov5n", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    detected = re.search(r'^gateway_requests_total{route="/detect",status="200"} (\S+)$', text, re.M)
+    assert detected is not None and float(detected.group(1)) >= 3, text
