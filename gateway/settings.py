@@ -241,7 +241,9 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "A file of API keys, one per line, ``#`` comments and blank lines ignored; read once at "
-            "start-up (a set file without keys is an error, not an open gateway)."
+            "start-up (a set file without keys is an error, not an open gateway). With ``workers`` > 1 the "
+            "supervisor reads it and every worker, a replacement too, gets those keys: changing or removing "
+            "the file takes effect at the gateway's next start."
         ),
     )
     docs_enabled: bool = Field(

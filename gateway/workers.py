@@ -229,8 +229,40 @@ class Supervisor(Multiprocess):
             del self._regions_of_dead[pid]
 
 
+KEYS_FILE_ENV = "GATEWAY_API_KEYS_FILE"
+
+
+def _snapshot_keys_file(settings: Settings) -> pathlib.Path | None:
+    """A private copy (mode 0600) of ``api_keys_file`` as it is now, for every worker to read, or None.
+
+    Each worker reads its keys when it starts, and uvicorn starts a new worker whenever one dies: read
+    from the original file, a rotated file gave the workers different keys (the same key 200 from one,
+    401 from the other), and a removed or emptied one made every replacement fail at start-up, over and
+    over. From the snapshot, the keys are those at the gateway's start for all workers, as documented
+    ("read once at start-up"). Raises like :func:`~gateway.auth.load_api_keys` (here, once).
+    """
+    from gateway.auth import load_api_keys
+
+    if settings.api_keys_file is None:
+        return None
+    text = pathlib.Path(settings.api_keys_file).read_text()
+    handle, name = tempfile.mkstemp(prefix="gateway-keys-")
+    snapshot = pathlib.Path(name)
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    try:
+        load_api_keys(settings.model_copy(update={"api_keys_file": snapshot}))  # no key: stop here
+    except ValueError as exc:
+        snapshot.unlink()
+        raise ValueError(f"{KEYS_FILE_ENV} {settings.api_keys_file} holds no API key") from exc
+    return snapshot
+
+
 def serve_workers(settings: Settings) -> None:
     """Serve ``settings.workers`` worker processes on ``settings.host:settings.port`` until stopped."""
+    keys_snapshot = _snapshot_keys_file(settings)
+    if keys_snapshot is not None:
+        os.environ[KEYS_FILE_ENV] = str(keys_snapshot)  # before any worker starts (and over a .env file)
     directory, created = _fresh_multiproc_dir()
     # Before any worker starts (spawned: each imports prometheus_client afresh and sees it).
     os.environ[MULTIPROC_ENV] = str(directory)
@@ -255,3 +287,5 @@ def serve_workers(settings: Settings) -> None:
             shutil.rmtree(directory, ignore_errors=True)
         else:
             _clear(directory)
+        if keys_snapshot is not None:
+            keys_snapshot.unlink(missing_ok=True)
