@@ -175,11 +175,14 @@ def release_regions(pid: int, triton_url: str, timeout_s: float = 1.0) -> tuple[
     # The names go now (Triton keeps its mapping of a region still in use until it is unregistered).
     for path in pathlib.Path("/dev/shm").glob(f"{prefix}*"):
         try:
-            segment = shared_memory.SharedMemory(name=path.name)
+            # By the key tritonclient opened it with (``/<name>``): multiprocessing's resource tracker (the
+            # workers share the supervisor's) knows it by that, and forgets it on unlink(); by any other
+            # name it would try to unlink it again at exit, and warn.
+            segment = shared_memory.SharedMemory(name=f"/{path.name}")
         except FileNotFoundError:
             continue
         segment.close()
-        segment.unlink()  # also forgets it in multiprocessing's resource tracker (the workers share it)
+        segment.unlink()
         released.add(path.name)
     return sorted(released - set(pending)), pending
 

@@ -185,7 +185,7 @@ def test_a_killed_worker_is_replaced_and_leaves_no_gauge_or_shared_memory_behind
     """SIGKILL both workers while requests are in flight: uvicorn starts new ones; the in-flight gauge
     drops back to 0 (the dead workers' live-gauge files counted their requests for ever) and their
     shared-memory regions leave Triton and /dev/shm (Triton kept them registered and mapped)."""
-    url, metrics_dir, _ = two_workers
+    url, metrics_dir, process = two_workers
     before = _regions(triton)
     files = {"file": ("a.png", astronaut_png, "image/png")}
     deadline = time.monotonic() + 120
@@ -234,6 +234,10 @@ def test_a_killed_worker_is_replaced_and_leaves_no_gauge_or_shared_memory_behind
     text = httpx.get(f"{url}/metrics", timeout=10).text
     detected = re.search(r'^gateway_requests_total{route="/detect",status="200"} (\S+)$', text, re.M)
     assert detected is not None and float(detected.group(1)) >= 3, text
+    # Nothing left for multiprocessing's resource tracker to unlink (and warn about) when the supervisor exits.
+    assert stop_process(process, 30) == 0
+    log = (metrics_dir.parent / "gateway.log").read_text()
+    assert "resource_tracker" not in log, log
 
 
 def _statuses(url: str, key: str, n: int = 12) -> set[int]:
