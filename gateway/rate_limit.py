@@ -1,8 +1,9 @@
 """ASGI middleware: a token bucket per client; an empty bucket answers 429 before the body is read.
 
 A client is its API key (``key:<index>``, set by :mod:`gateway.auth`) when keys are configured,
-else its IP address as the ASGI server reports it (behind a proxy, configure uvicorn's
-``--forwarded-allow-ips`` so that is the real client). Each bucket holds up to ``burst`` tokens
+else its IP address as the ASGI server reports it (behind a proxy, set
+``GATEWAY_FORWARDED_ALLOW_IPS`` to the proxy so that is the real client; see :func:`client_of`). Each
+worker process (``GATEWAY_WORKERS``) has its own buckets. Each bucket holds up to ``burst`` tokens
 and refills at ``rate`` per second; a request takes one. Without a token the client gets 429
 ``rate_limited`` with ``Retry-After``: the whole seconds until a token is back.
 
@@ -13,6 +14,7 @@ no locks are needed. The probes (``/healthz``, ``/readyz``) are never limited.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -38,8 +40,12 @@ class TokenBuckets:
     """
 
     def __init__(self, rate: float, burst: int, max_clients: int, clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0 or burst < 1 or max_clients < 1:
-            raise ValueError(f"need rate > 0, burst >= 1, max_clients >= 1 (got {rate}, {burst}, {max_clients})")
+        # A finite rate whose inverse is finite too: 1 / 1e-310 is infinite, and its Retry-After was a 500.
+        if not (math.isfinite(rate) and rate > 0 and math.isfinite(1.0 / rate)) or burst < 1 or max_clients < 1:
+            raise ValueError(
+                "need rate > 0 (finite, 1/rate finite), burst >= 1, max_clients >= 1 "
+                f"(got {rate}, {burst}, {max_clients})"
+            )
         self.rate = rate
         self.burst = burst
         self.max_clients = max_clients
@@ -71,12 +77,31 @@ class TokenBuckets:
         return (1.0 - tokens) / self.rate
 
 
+# Longest textual IP address kept as a bucket name (an IPv6 address with a zone id); anything longer is
+# not an address.
+_MAX_ADDRESS_CHARS = 64
+
+
 def client_of(scope: Scope) -> str:
-    """The rate-limited identity: the API key's index when authenticated, else the peer's IP."""
+    """The rate-limited identity: the API key's index when authenticated, else the peer's IP address.
+
+    The address is written canonically (``ipaddress``), so one client has one bucket however its
+    address is spelled; a peer that is no IP address (an ``X-Forwarded-For`` entry a trusted proxy
+    passed on: any text, up to the header limit) is ``ip:invalid``. Bucket names stay short: 10,000
+    buckets named by 15 kB ``X-Forwarded-For`` values held 150 MB.
+    """
     if CLIENT_KEY in scope:
         return str(scope[CLIENT_KEY])
     peer = scope.get("client")
-    return f"ip:{peer[0]}" if peer else "ip:unknown"
+    if not peer:
+        return "ip:unknown"
+    host = str(peer[0])
+    if len(host) > _MAX_ADDRESS_CHARS:
+        return "ip:invalid"
+    try:
+        return f"ip:{ipaddress.ip_address(host)}"
+    except ValueError:
+        return "ip:invalid"
 
 
 class RateLimit:

@@ -296,4 +296,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # No WebSocket routes: an Upgrade request is answered as plain HTTP (uvicorn's handshake answered
         # every one with a bare 403, no JSON body, no X-Request-ID).
         "ws": "none",
+        # X-Forwarded-For only from the proxies named in settings (none by default; uvicorn's default
+        # trusted any local process, a way around the rate limit).
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
     }

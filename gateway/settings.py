@@ -241,7 +241,9 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "A file of API keys, one per line, ``#`` comments and blank lines ignored; read once at "
-            "start-up (a set file without keys is an error, not an open gateway)."
+            "start-up (a set file without keys is an error, not an open gateway). With ``workers`` > 1 the "
+            "supervisor reads it and every worker, a replacement too, gets those keys: changing or removing "
+            "the file takes effect at the gateway's next start."
         ),
     )
     docs_enabled: bool = Field(
@@ -333,8 +335,10 @@ class Settings(BaseSettings):
         description=(
             "Gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port; "
             "metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The "
-            "per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) "
-            "apply to each worker."
+            "per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``, and the "
+            "rate limit's buckets: up to N times ``rate_limit_burst`` for a client whose connections reach N "
+            "workers) apply to each worker. A worker that dies is replaced; its in-flight gauge and "
+            "shared-memory regions are released by the supervisor."
         ),
     )
     triton_lb_policy: Literal["pick_first", "round_robin"] = Field(
@@ -499,6 +503,17 @@ class Settings(BaseSettings):
         description=(
             "Most rows (images, QA windows) of a merged call; never more than the model's ``max_batch_size``. "
             "With shared memory on, a merged detector call borrows one region of this many rows."
+        ),
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description=(
+            "Proxies trusted to name the client in ``X-Forwarded-For`` (and the scheme in "
+            "``X-Forwarded-Proto``): comma-separated IP addresses or networks (``10.0.0.0/8``), ``*`` for any "
+            "peer. The client so named is the rate limit's identity without API keys (429 ``rate_limited``). "
+            "Unset (default) or empty: no proxy is trusted and the client is the connection's peer. (uvicorn's "
+            "own default trusted 127.0.0.1: any local process could send a new ``X-Forwarded-For`` with each "
+            "request, get a fresh bucket each time and never see a 429.)"
         ),
     )
 

@@ -15,6 +15,12 @@ With ``GATEWAY_METRICS_PORT`` the supervising parent serves the aggregate on tha
 (prometheus_client's own HTTP server: every path answers the metrics). ``process_cpu_seconds_total``
 and ``process_resident_memory_bytes`` are then the sums over the supervisor and its workers
 (:class:`WorkerGroupCollector`), read from ``/proc`` at scrape time.
+
+A worker that dies without shutting down (SIGKILL, the OOM killer, a hung worker uvicorn kills) is
+replaced by uvicorn's supervisor; :class:`Supervisor` then also cleans up what it left: its
+``livesum`` gauge files (``gateway_inflight_requests`` counted its in-flight requests for ever) and,
+with ``GATEWAY_TRITON_SHARED_MEMORY``, its shared-memory regions (still registered with Triton, which
+kept them mapped, and their ``/dev/shm`` names until the supervisor exited).
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ import pathlib
 import shutil
 import tempfile
 from collections.abc import Iterator
+from multiprocessing import shared_memory
+from socket import socket
 
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+from uvicorn.supervisors import Multiprocess
 
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
@@ -124,8 +133,139 @@ def _clear(directory: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# A dead worker's regions Triton still uses (its last requests) are retried once a supervisor tick (0.5 s).
+_RELEASE_TRIES = 240
+
+
+def _region_prefix(pid: int) -> str:
+    """The names of worker ``pid``'s shared-memory regions begin so (``gateway.shared_memory.RegionPool``)."""
+    return f"gw-{pid}-"
+
+
+def release_regions(pid: int, triton_url: str, timeout_s: float = 1.0) -> tuple[list[str], list[str]]:
+    """Unregister from Triton and unlink from ``/dev/shm`` the regions of the dead worker ``pid``.
+
+    Returns the names released and those Triton could not unregister yet (a request the worker sent is
+    still using the region; call again later), or all of them when Triton cannot be reached. Each Triton
+    call waits at most ``timeout_s``: the supervisor's loop (worker health checks, signals) waits for it.
+    """
+    import tritonclient.grpc as grpcclient  # only a supervisor with shared memory needs it
+    from tritonclient.utils import InferenceServerException
+
+    prefix = _region_prefix(pid)
+    released: set[str] = set()
+    pending: list[str] = []
+    client = grpcclient.InferenceServerClient(triton_url)
+    try:
+        status = client.get_system_shared_memory_status(as_json=True, client_timeout=timeout_s)
+        for name in status.get("regions", {}):
+            if not name.startswith(prefix):
+                continue
+            try:
+                client.unregister_system_shared_memory(name, client_timeout=timeout_s)
+                released.add(name)
+            except InferenceServerException as exc:
+                LOGGER.info("worker %d's region %s not unregistered yet: %s", pid, name, exc.message())
+                pending.append(name)
+    except InferenceServerException as exc:
+        LOGGER.warning("cannot read Triton's shared-memory regions for worker %d: %s", pid, exc.message())
+        pending.append(f"{prefix}*")
+    finally:
+        client.close()
+    # The names go now (Triton keeps its mapping of a region still in use until it is unregistered).
+    for path in pathlib.Path("/dev/shm").glob(f"{prefix}*"):
+        try:
+            # By the key tritonclient opened it with (``/<name>``): multiprocessing's resource tracker (the
+            # workers share the supervisor's) knows it by that, and forgets it on unlink(); by any other
+            # name it would try to unlink it again at exit, and warn.
+            segment = shared_memory.SharedMemory(name=f"/{path.name}")
+        except FileNotFoundError:
+            continue
+        segment.close()
+        segment.unlink()
+        released.add(path.name)
+    return sorted(released - set(pending)), pending
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor (it restarts a worker that died), which also cleans up after a dead
+    worker: :func:`prometheus_client.multiprocess.mark_process_dead` (its live gauges) and, with shared
+    memory, :func:`release_regions`.
+
+    Args:
+        config: uvicorn's configuration (``workers`` > 1).
+        sockets: the listening sockets the workers share.
+        settings: the gateway's settings (Triton's address, whether shared memory is used).
+        metrics_dir: the multiprocess-metrics directory.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket], settings: Settings, metrics_dir: pathlib.Path
+    ) -> None:
+        super().__init__(config, sockets)
+        self.settings = settings
+        self.metrics_dir = metrics_dir
+        self._regions_of_dead: dict[int, int] = {}  # dead worker -> tries to release its regions so far
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                mark_process_dead(pid, str(self.metrics_dir))
+                LOGGER.warning("worker %d died; its live gauges are dropped", pid)
+                if self.settings.triton_shared_memory:
+                    self._regions_of_dead[pid] = 0
+        for pid in list(self._regions_of_dead):  # until Triton lets go of them (each half-second tick)
+            self.release(pid)
+
+    def release(self, pid: int) -> None:
+        """Release the dead worker ``pid``'s shared-memory regions, or count one more try."""
+        released, pending = release_regions(pid, self.settings.triton_url)
+        tries = self._regions_of_dead[pid] = self._regions_of_dead[pid] + 1
+        if released:
+            LOGGER.warning("worker %d died; released its shared memory %s", pid, released)
+        if not pending:
+            del self._regions_of_dead[pid]
+        elif tries >= _RELEASE_TRIES:
+            LOGGER.error("worker %d's shared memory %s is still registered with Triton; giving up", pid, pending)
+            del self._regions_of_dead[pid]
+
+
+KEYS_FILE_ENV = "GATEWAY_API_KEYS_FILE"
+
+
+def _snapshot_keys_file(settings: Settings) -> pathlib.Path | None:
+    """A private copy (mode 0600) of ``api_keys_file`` as it is now, for every worker to read, or None.
+
+    Each worker reads its keys when it starts, and uvicorn starts a new worker whenever one dies: read
+    from the original file, a rotated file gave the workers different keys (the same key 200 from one,
+    401 from the other), and a removed or emptied one made every replacement fail at start-up, over and
+    over. From the snapshot, the keys are those at the gateway's start for all workers, as documented
+    ("read once at start-up"). Raises like :func:`~gateway.auth.load_api_keys` (here, once).
+    """
+    from gateway.auth import load_api_keys
+
+    if settings.api_keys_file is None:
+        return None
+    text = pathlib.Path(settings.api_keys_file).read_text()
+    handle, name = tempfile.mkstemp(prefix="gateway-keys-")
+    snapshot = pathlib.Path(name)
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    try:
+        load_api_keys(settings.model_copy(update={"api_keys_file": snapshot}))  # no key: stop here
+    except ValueError as exc:
+        snapshot.unlink()
+        raise ValueError(f"{KEYS_FILE_ENV} {settings.api_keys_file} holds no API key") from exc
+    return snapshot
+
+
 def serve_workers(settings: Settings) -> None:
     """Serve ``settings.workers`` worker processes on ``settings.host:settings.port`` until stopped."""
+    keys_snapshot = _snapshot_keys_file(settings)
+    if keys_snapshot is not None:
+        os.environ[KEYS_FILE_ENV] = str(keys_snapshot)  # before any worker starts (and over a .env file)
     directory, created = _fresh_multiproc_dir()
     # Before any worker starts (spawned: each imports prometheus_client afresh and sees it).
     os.environ[MULTIPROC_ENV] = str(directory)
@@ -135,10 +275,20 @@ def serve_workers(settings: Settings) -> None:
         if settings.metrics_port is not None:  # the workers' apps then have no /metrics route
             start_http_server(settings.metrics_port, settings.host, registry=scrape_registry(CollectorRegistry()))
         # The same protocol and limits as one process (gateway.server); per-process limits
-        # (max_inflight, max_body_reads, max_buffered_body_bytes) apply to each worker.
-        uvicorn.run("gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings))
+        # (max_inflight, max_body_reads, max_buffered_body_bytes, the rate limit's buckets) apply to each worker.
+        # uvicorn.run(..., workers=N), with the supervisor that also cleans up after a killed worker.
+        config = uvicorn.Config(
+            "gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings)
+        )
+        sock = config.bind_socket()
+        try:
+            Supervisor(config, [sock], settings, directory).run()
+        finally:
+            sock.close()
     finally:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
         else:
             _clear(directory)
+        if keys_snapshot is not None:
+            keys_snapshot.unlink(missing_ok=True)

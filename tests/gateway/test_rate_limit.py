@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gateway.rate_limit import TokenBuckets, client_of
@@ -66,7 +68,10 @@ def test_clock_going_backwards_adds_no_tokens() -> None:
     assert buckets.take("a") > 0
 
 
-@pytest.mark.parametrize(("rate", "burst", "max_clients"), [(0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0)])
+@pytest.mark.parametrize(
+    ("rate", "burst", "max_clients"),
+    [(0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0), (float("inf"), 1, 1), (float("nan"), 1, 1), (1e-310, 1, 1)],
+)
 def test_bad_parameters_are_refused(rate: float, burst: int, max_clients: int) -> None:
     with pytest.raises(ValueError, match="need rate"):
         TokenBuckets(rate, burst, max_clients)
@@ -76,3 +81,35 @@ def test_client_is_the_key_when_authenticated_else_the_ip() -> None:
     assert client_of({"client": ("10.0.0.7", 5555)}) == "ip:10.0.0.7"
     assert client_of({"client": ("10.0.0.7", 5555), "gateway.client": "key:1"}) == "key:1"
     assert client_of({"client": None}) == "ip:unknown"
+
+
+def test_the_slowest_accepted_rate_still_gives_a_retry_after() -> None:
+    """1e-308 is accepted (1/rate is finite); its wait converts to whole seconds (1e-310 made it infinite:
+    ``math.ceil`` raised, a 500)."""
+    buckets = TokenBuckets(rate=1e-308, burst=1, max_clients=1, clock=Clock())
+    assert buckets.take("a") == 0.0
+    wait = buckets.take("a")
+    assert math.ceil(wait) >= 1
+
+
+@pytest.mark.parametrize(
+    ("peer", "client"),
+    [
+        ("::1", "ip:::1"),
+        ("0:0:0:0:0:0:0:1", "ip:::1"),  # one client, one bucket, however its address is written
+        ("2001:DB8::0001", "ip:2001:db8::1"),
+        ("fe80::1%eth0", "ip:fe80::1%eth0"),
+        ("not-an-ip", "ip:invalid"),
+        ("1" * 15_000, "ip:invalid"),  # a trusted proxy's X-Forwarded-For entry: any text
+        ("", "ip:invalid"),
+    ],
+)
+def test_client_ip_is_canonical_and_bounded(peer: str, client: str) -> None:
+    assert client_of({"client": (peer, 0)}) == client
+
+
+def test_bucket_names_stay_short_whatever_the_peer_sends() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1, max_clients=100, clock=Clock())
+    for i in range(100):
+        buckets.take(client_of({"client": (f"{i:05d}" + "x" * 15_000, 0)}))
+    assert len(buckets) == 1 and "ip:invalid" in buckets

@@ -3,12 +3,16 @@ each worker's shared-memory regions are its own and gone after shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -60,15 +64,26 @@ def two_workers(
     subprocess.run([sys.executable, "-c", stale], env=env, check=True)
     assert list(metrics_dir.glob("counter_*.db"))
 
+    env["GATEWAY_TRITON_SHARED_MEMORY"] = "true"
+    with _serve_workers(triton, model_repo, tmp_path, env) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serve_workers(
+    triton: TritonServer, model_repo: pathlib.Path, tmp_path: pathlib.Path, env: dict[str, str]
+) -> Iterator[tuple[str, pathlib.Path, subprocess.Popen[bytes]]]:
+    """``python -m gateway`` with 2 workers and ``env`` (``PROMETHEUS_MULTIPROC_DIR`` among them), until ready."""
+    metrics_dir = pathlib.Path(env["PROMETHEUS_MULTIPROC_DIR"])
     port = free_port()
-    env.update(
-        GATEWAY_WORKERS="2",
-        GATEWAY_PORT=str(port),
-        GATEWAY_TRITON_URL=triton.grpc_url,
-        GATEWAY_MODEL_REPOSITORY=str(model_repo),
-        GATEWAY_TRITON_SHARED_MEMORY="true",
-        GATEWAY_LOG_LEVEL="warning",
-    )
+    env = {
+        **env,
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_TRITON_URL": triton.grpc_url,
+        "GATEWAY_MODEL_REPOSITORY": str(model_repo),
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
     log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -221,3 +236,123 @@ def test_two_workers_one_scrape_counts_every_request(
     assert _regions(triton) == before
     assert not [name for name in mine if pathlib.Path("/dev/shm", name).exists()]
     assert not list(metrics_dir.glob("*.db"))  # cleaned at exit
+
+
+def _inflight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r"^gateway_inflight_requests (\S+)$", text, re.M)
+    assert match is not None, text
+    return float(match.group(1))
+
+
+def test_a_killed_worker_is_replaced_and_leaves_no_gauge_or_shared_memory_behind(
+    two_workers: tuple[str, pathlib.Path, subprocess.Popen[bytes]], triton: TritonServer, astronaut_png: bytes
+) -> None:
+    """SIGKILL both workers while requests are in flight: uvicorn starts new ones; the in-flight gauge
+    drops back to 0 (the dead workers' live-gauge files counted their requests for ever) and their
+    shared-memory regions leave Triton and /dev/shm (Triton kept them registered and mapped)."""
+    url, metrics_dir, process = two_workers
+    before = _regions(triton)
+    files = {"file": ("a.png", astronaut_png, "image/png")}
+    deadline = time.monotonic() + 120
+    while len(_owners(_regions(triton) - before)) < 2:  # the kernel picks the worker: until both hold regions
+        assert time.monotonic() < deadline, "both workers did not answer /detect"
+        response = httpx.post(f"{url}/detect?model=yolov5n", files=files, headers={"Connection": "close"}, timeout=60)
+        assert response.status_code == 200, response.text
+    workers = _owners(_regions(triton) - before)
+    # Uploads that never finish: in flight (counted in the gauge) until their worker dies.
+    uploads = []
+    for _ in range(4):
+        upload = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
+        upload.sendall(
+            b"POST /qa HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        uploads.append(upload)
+    while _inflight(url) < 1:
+        assert time.monotonic() < deadline, "the uploads were not counted in flight"
+        time.sleep(0.1)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    for upload in uploads:
+        upload.close()
+
+    def settled() -> bool:
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+        left = {name for name in _regions(triton) if _owners({name}) & workers}
+        in_dev_shm = [p for pid in workers for p in pathlib.Path("/dev/shm").glob(f"gw-{pid}-*")]
+        return ready and not left and not in_dev_shm and _inflight(url) == 0
+
+    deadline = time.monotonic() + 120
+    while not settled():
+        assert time.monotonic() < deadline, (
+            _inflight(url),
+            sorted(_regions(triton) - before),
+            sorted(metrics_dir.glob("gauge_*")),
+        )
+        time.sleep(0.5)
+    assert not [path for pid in workers for path in metrics_dir.glob(f"gauge_live*_{pid}.db")]
+    # The new workers answer, and the dead workers' counts are kept (counters are not live gauges).
+    response = httpx.post(f"{url}/detect?model=yolov5n", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    detected = re.search(r'^gateway_requests_total{route="/detect",status="200"} (\S+)$', text, re.M)
+    assert detected is not None and float(detected.group(1)) >= 3, text
+    # Nothing left for multiprocessing's resource tracker to unlink (and warn about) when the supervisor exits.
+    assert stop_process(process, 30) == 0
+    log = (metrics_dir.parent / "gateway.log").read_text()
+    assert "resource_tracker" not in log, log
+
+
+def _statuses(url: str, key: str, n: int = 12) -> set[int]:
+    """``n`` requests on new connections (the kernel spreads them over the workers)."""
+    headers = {"X-API-Key": key, "Connection": "close"}
+    return {httpx.get(f"{url}/models", headers=headers, timeout=10).status_code for _ in range(n)}
+
+
+def _replace_workers(url: str, process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every worker, then wait until uvicorn's replacements answer."""
+    children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = [
+        int(pid) for pid in children if b"resource_tracker" not in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, children
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        now = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        if not set(map(str, workers)) & set(now):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        assert process.poll() is None and time.monotonic() < deadline, "no replacement workers"
+        time.sleep(0.3)
+
+
+def test_workers_keep_the_keys_read_at_start_when_the_file_changes_or_goes(
+    triton: TritonServer, model_repo: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Replacement workers use the keys the gateway started with: a rotated keys file gave them the new
+    keys (the old key 200 from one worker, 401 from the other) and a removed one made each replacement
+    fail at start-up, again and again."""
+    keys = tmp_path / "keys"
+    keys.write_text("started-with\n")
+    metrics_dir = tmp_path / "prom"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "GATEWAY_API_KEYS_FILE": str(keys)}
+    snapshots = set(pathlib.Path(tempfile.gettempdir()).glob("gateway-keys-*"))
+    with _serve_workers(triton, model_repo, tmp_path, env) as (url, _, process):
+        assert _statuses(url, "started-with") == {200}
+        keys.write_text("rotated-in\n")
+        _replace_workers(url, process)
+        assert _statuses(url, "started-with") == {200}
+        assert _statuses(url, "rotated-in") == {401}
+        keys.unlink()
+        _replace_workers(url, process)
+        assert _statuses(url, "started-with") == {200}
+        assert stop_process(process, 30) == 0
+    assert set(pathlib.Path(tempfile.gettempdir()).glob("gateway-keys-*")) <= snapshots  # the copy is removed

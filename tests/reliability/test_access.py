@@ -13,12 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from gateway import Settings, create_app
-from tests.helpers import free_port
+from gateway.server import uvicorn_options
+from tests.helpers import free_port, serve
 from triton_local import TritonServer
 from triton_local.process import stop_process
 
@@ -178,3 +180,19 @@ def test_metrics_port_serves_metrics_and_the_main_port_does_not(
     finally:
         stop_process(process, 20)
     assert process.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("trusted", "spoofed_status"), [(None, 429), ("127.0.0.1", 200)])
+def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(
+    settings: Settings, trusted: str | None, spoofed_status: int
+) -> None:
+    """Over a real uvicorn with the gateway's options: a local client that sends a new X-Forwarded-For
+    is a new rate-limit identity only when 127.0.0.1 is a trusted proxy (uvicorn trusted it by default)."""
+    limited = settings.model_copy(
+        update={"rate_limit_per_s": RATE, "rate_limit_burst": 1, "forwarded_allow_ips": trusted}
+    )
+    with serve(create_app(limited), **{**uvicorn_options(limited), "port": free_port()}) as url:
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+        _assert_error(httpx.get(f"{url}/models", timeout=10), 429, "rate_limited")
+        spoofed = httpx.get(f"{url}/models", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10)
+        assert spoofed.status_code == spoofed_status, spoofed.text
