@@ -93,6 +93,7 @@ def test_dashboard_queries_only_exported_metrics(triton) -> None:  # type: ignor
     metrics.requests.labels("/qa", "200").inc()
     metrics.request_latency.labels("/qa").observe(0.1)
     metrics.batch_rows.labels("bert_qa").observe(1)
+    metrics.call_requests.labels("bert_qa").observe(1)
     metrics.errors.labels("/qa", "overloaded").inc()
     metrics.cancelled.labels("/qa", "deadline").inc()
     exported = generate_latest(metrics.registry).decode()
