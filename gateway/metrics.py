@@ -75,7 +75,7 @@ class Metrics:
         )
         self.call_requests = Histogram(
             "gateway_triton_call_requests",
-            "Requests per Triton inference call: more than 1 when concurrent requests were merged (coalescing)",
+            "Requests per Triton inference call: above 1 when concurrent requests were merged (coalescing)",
             ["model"],
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64),

@@ -90,8 +90,7 @@ class Services:
             },
         )
         services.health = client.health = ModelHealth([m.name for m in services.models])
-        if client.coalescer is not None:
-            client.coalescer.on_call = _call_observer(metrics)
+        client.set_call_observer(_call_observer(metrics))
         services.executor = concurrent.futures.ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
         for task in services.tasks:
             task.executor = services.executor

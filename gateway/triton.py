@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -170,6 +170,8 @@ class TritonClient:
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
         # Concurrent requests per model merged into one call (gateway.coalesce); None: every request its own.
         self.coalescer = Coalescer(self, coalesce_inflight, coalesce_max_rows) if coalesce_inflight > 0 else None
+        # Told of every inference call (model, requests in it, rows): the metrics (set_call_observer).
+        self.on_call: Callable[[str, int, int], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, grpc_client: Any = None) -> TritonClient:
@@ -187,6 +189,12 @@ class TritonClient:
             coalesce_inflight=settings.triton_coalesce_inflight,
             coalesce_max_rows=settings.triton_coalesce_max_rows,
         )
+
+    def set_call_observer(self, observer: Callable[[str, int, int], None]) -> None:
+        """``observer(model, requests, rows)`` for every inference call, merged or not."""
+        self.on_call = observer
+        if self.coalescer is not None:
+            self.coalescer.on_call = observer
 
     async def close(self) -> None:
         if self.coalescer is not None:
@@ -256,6 +264,8 @@ class TritonClient:
         requests may share a call; else one call of its own (:meth:`infer_one`)."""
         if self.coalescer is not None and max_batch_size > 1:
             return await self.coalescer.infer(model, inputs, outputs, placed, max_batch_size)
+        if self.on_call is not None:
+            self.on_call(model, 1, len(next(iter(inputs.values()))))
         return await self.infer_one(model, inputs, outputs, placed)
 
     async def infer_one(

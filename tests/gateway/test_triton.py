@@ -193,3 +193,16 @@ def test_start_up_config_wait_is_bounded_by_model_config_wait_s() -> None:
     with pytest.raises(TritonUnavailable, match="model_config_wait_s"):
         bounded(client.model_io(["bert_qa"], wait_s=0.5), within_s=5.0)
     assert fake.waits and all(w is not None and w <= 0.5 for w in fake.waits)
+
+
+@pytest.mark.parametrize("inflight", [0, 2])
+def test_every_inference_call_is_observed_with_its_requests_and_rows(inflight: int) -> None:
+    fake = FakeTritonGrpc()
+    client = TritonClient("fake:8001", 5.0, 0, 0.01, grpc_client=fake, coalesce_inflight=inflight)
+    seen: list[tuple[str, int, int]] = []
+    client.set_call_observer(lambda model, requests, rows: seen.append((model, requests, rows)))
+    images = np.zeros((2, 224, 224, 3), np.uint8)
+    run(client.infer("resnet50_vd", {"images": images}, ["logits"], max_batch_size=32))
+    run(client.infer("resnet50_vd", {"images": images[:1]}, ["logits"]))  # not batching: never merged
+    assert seen == [("resnet50_vd", 1, 2), ("resnet50_vd", 1, 1)]
+    assert (client.coalescer is not None) == (inflight > 0)
