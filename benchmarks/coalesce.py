@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import os
 import pathlib
-import resource
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from ceiling import NULL_ENV, CpuSample, _descendants, _null_repo, _triton, exit_on_sigterm
+from gateway_cpu import _process_cpu_s
 
 from gateway.settings import Settings
 from gateway.triton import TritonClient
@@ -96,11 +96,6 @@ class Result:
     requests_per_s: list[float] = dataclasses.field(default_factory=list)
 
 
-def _process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def _round(client: TritonClient, case: Case, max_batch: int, concurrency: int, requests: int) -> int:
     """``requests`` calls from ``concurrency`` tasks; returns how many Triton calls they took."""
     calls = 0
@@ -109,12 +104,11 @@ async def _round(client: TritonClient, case: Case, max_batch: int, concurrency: 
         nonlocal calls
         calls += 1
 
-    if client.coalescer is not None:
-        client.coalescer.on_call = count
+    client.on_call = count
     left = requests
 
     async def worker() -> None:
-        nonlocal left, calls
+        nonlocal left
         while left > 0:
             left -= 1
             inputs, placed, region = case.inputs, None, None
@@ -130,8 +124,6 @@ async def _round(client: TritonClient, case: Case, max_batch: int, concurrency: 
             finally:
                 if region is not None:
                     client.release(region)
-            if client.coalescer is None:
-                calls += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return calls

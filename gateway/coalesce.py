@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextvars
 import dataclasses
+import enum
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -60,15 +61,14 @@ class Sender(Protocol):
     def release(self, region: Region) -> None: ...
 
 
-class _Turn:
-    """A waiter's answer that is not rows: send your own call now (its in-flight slot is held for you)."""
+class _Turn(enum.Enum):
+    """A waiter's answer that is not rows: send your own call now."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    GO = "alone in the queue: its in-flight slot is held for it"
+    RETRY = "the merged call failed: it counts its own slot"
 
 
-_GO = _Turn("alone in the queue")
-_RETRY = _Turn("the merged call failed")
+_GO, _RETRY = _Turn.GO, _Turn.RETRY
 
 
 def _signature(inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> tuple[object, ...]:
@@ -146,7 +146,7 @@ class Coalescer:
         rows = len(next(iter(inputs.values())))
         if rows >= limit or (queue.inflight < self.inflight and not queue.waiting):
             queue.inflight += 1
-            return await self._alone(model, queue, limit, inputs, outputs, placed)
+            return await self._alone(model, queue, limit, inputs, outputs, placed, rows)
         waiter = _Waiter(
             inputs,
             outputs,
@@ -169,7 +169,7 @@ class Coalescer:
         if isinstance(answer, _Turn):  # the slot is held for it (_GO), or counted anew (_RETRY)
             if answer is _RETRY:
                 queue.inflight += 1
-            return await self._alone(model, queue, limit, inputs, outputs, placed)
+            return await self._alone(model, queue, limit, inputs, outputs, placed, rows)
         return answer
 
     async def _alone(
@@ -180,11 +180,12 @@ class Coalescer:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str],
         placed: Mapping[str, Region] | None,
+        rows: int,
     ) -> Arrays:
         """One request's own call, in its own context (deadline, request id); its slot is counted."""
         try:
             if self.on_call is not None:
-                self.on_call(model, 1, len(next(iter(inputs.values()))))
+                self.on_call(model, 1, rows)
             return await self.sender.infer_one(model, inputs, outputs, placed)
         finally:
             self._finished(model, queue, limit)

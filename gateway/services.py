@@ -90,7 +90,7 @@ class Services:
             },
         )
         services.health = client.health = ModelHealth([m.name for m in services.models])
-        client.set_call_observer(_call_observer(metrics))
+        client.on_call = _call_observer(metrics)
         services.executor = concurrent.futures.ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
         for task in services.tasks:
             task.executor = services.executor

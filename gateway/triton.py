@@ -168,10 +168,14 @@ class TritonClient:
         # Fed by every inference: a model that fails because it cannot serve, or serves again.
         self.health: ModelHealth | None = None
         self._probe_inputs: dict[str, tuple[list[tuple[str, list[int], str]], str]] = {}
-        # Concurrent requests per model merged into one call (gateway.coalesce); None: every request its own.
-        self.coalescer = Coalescer(self, coalesce_inflight, coalesce_max_rows) if coalesce_inflight > 0 else None
-        # Told of every inference call (model, requests in it, rows): the metrics (set_call_observer).
+        # Told of every inference call, merged or not (model, requests in it, rows): the metrics; None: nobody.
         self.on_call: Callable[[str, int, int], None] | None = None
+        # Concurrent requests per model merged into one call (gateway.coalesce); None: every request its own.
+        self.coalescer = (
+            Coalescer(self, coalesce_inflight, coalesce_max_rows, on_call=self._observe_call)
+            if coalesce_inflight > 0
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, grpc_client: Any = None) -> TritonClient:
@@ -190,11 +194,9 @@ class TritonClient:
             coalesce_max_rows=settings.triton_coalesce_max_rows,
         )
 
-    def set_call_observer(self, observer: Callable[[str, int, int], None]) -> None:
-        """``observer(model, requests, rows)`` for every inference call, merged or not."""
-        self.on_call = observer
-        if self.coalescer is not None:
-            self.coalescer.on_call = observer
+    def _observe_call(self, model: str, requests: int, rows: int) -> None:
+        if self.on_call is not None:
+            self.on_call(model, requests, rows)
 
     async def close(self) -> None:
         if self.coalescer is not None:
@@ -264,8 +266,7 @@ class TritonClient:
         requests may share a call; else one call of its own (:meth:`infer_one`)."""
         if self.coalescer is not None and max_batch_size > 1:
             return await self.coalescer.infer(model, inputs, outputs, placed, max_batch_size)
-        if self.on_call is not None:
-            self.on_call(model, 1, len(next(iter(inputs.values()))))
+        self._observe_call(model, 1, len(next(iter(inputs.values()))))
         return await self.infer_one(model, inputs, outputs, placed)
 
     async def infer_one(

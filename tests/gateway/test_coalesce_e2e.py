@@ -35,7 +35,7 @@ async def _alone_then_merged(
     alone = [await client.infer_one(model, x, outputs) for x in inputs]
     calls: list[tuple[int, int]] = []
     assert client.coalescer is not None
-    client.coalescer.on_call = lambda _, requests, rows: calls.append((requests, rows))
+    client.on_call = lambda _, requests, rows: calls.append((requests, rows))
     regions: list[Region] = []
     if placed:
         for x in inputs:

@@ -200,7 +200,7 @@ def test_every_inference_call_is_observed_with_its_requests_and_rows(inflight: i
     fake = FakeTritonGrpc()
     client = TritonClient("fake:8001", 5.0, 0, 0.01, grpc_client=fake, coalesce_inflight=inflight)
     seen: list[tuple[str, int, int]] = []
-    client.set_call_observer(lambda model, requests, rows: seen.append((model, requests, rows)))
+    client.on_call = lambda model, requests, rows: seen.append((model, requests, rows))
     images = np.zeros((2, 224, 224, 3), np.uint8)
     run(client.infer("resnet50_vd", {"images": images}, ["logits"], max_batch_size=32))
     run(client.infer("resnet50_vd", {"images": images[:1]}, ["logits"]))  # not batching: never merged
