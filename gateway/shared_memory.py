@@ -59,6 +59,11 @@ class Region:
         return shm.get_contents_as_numpy(self.handle, np.dtype(dtype), list(shape))  # type: ignore[no-any-return]
 
 
+def region_prefix(pid: int) -> str:
+    """How the names of process ``pid``'s regions begin (a supervisor finds a dead worker's by it)."""
+    return f"gw-{pid}-"
+
+
 class RegionPool:
     """Every shared-memory region of one gateway process, created on first use.
 
@@ -71,7 +76,7 @@ class RegionPool:
     def __init__(self, size: int, timeout_s: float = 30.0) -> None:
         self.size = size
         self.timeout_s = timeout_s
-        self.prefix = f"gw-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.prefix = f"{region_prefix(os.getpid())}{uuid.uuid4().hex[:8]}"
         self._all: list[Region] = []
         self._count: dict[str, int] = {}
         self._free: dict[str, list[Region]] = {}

@@ -44,6 +44,7 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
+from gateway.shared_memory import region_prefix
 
 LOGGER = logging.getLogger(__name__)
 
@@ -137,11 +138,6 @@ def _clear(directory: pathlib.Path) -> None:
 _RELEASE_TRIES = 240
 
 
-def _region_prefix(pid: int) -> str:
-    """The names of worker ``pid``'s shared-memory regions begin so (``gateway.shared_memory.RegionPool``)."""
-    return f"gw-{pid}-"
-
-
 def release_regions(pid: int, triton_url: str, timeout_s: float = 1.0) -> tuple[list[str], list[str]]:
     """Unregister from Triton and unlink from ``/dev/shm`` the regions of the dead worker ``pid``.
 
@@ -152,7 +148,7 @@ def release_regions(pid: int, triton_url: str, timeout_s: float = 1.0) -> tuple[
     import tritonclient.grpc as grpcclient  # only a supervisor with shared memory needs it
     from tritonclient.utils import InferenceServerException
 
-    prefix = _region_prefix(pid)
+    prefix = region_prefix(pid)
     released: set[str] = set()
     pending: list[str] = []
     client = grpcclient.InferenceServerClient(triton_url)
