@@ -21,6 +21,10 @@ null engine, zero outputs of the real shapes at no engine cost, served with ``MM
 - ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; the detectors'
   input through shared memory, as the local stack runs it, unless ``GATEWAY_TRITON_SHARED_MEMORY=false``);
 - ``triton``: ``tritonclient.grpc.aio`` with the preprocessed tensors straight to Triton (plain gRPC);
+- ``triton+MS:HOW`` (``--triton-think``): Triton direct again, but each client holds the load generator's
+  one event loop MS after every answer (``spin``: burning CPU on the same cores; ``sleep``: idle), so
+  requests reach Triton spaced as a gateway's would be; compared with ``triton``, what the arrival
+  rate alone does to Triton's cost per request;
 - ``bare``: the engine called in this process, batch = concurrency, with the session options the
   served model gets from its ``config.pbtxt`` (threads, spinning, providers), so like is compared
   with like.
@@ -329,10 +333,18 @@ def _gateway(repo: pathlib.Path, triton_grpc: str, port: int, workers: int, log:
         stop_process(process, 30)
 
 
-def _load(mode: str, target: str, endpoint: str, concurrency: int, requests: int, tiers: Tiers) -> dict[str, Any]:
-    """Run one load-generator process; the tiers' CPU is read only around its measured window."""
+def _load(
+    mode: str, target: str, endpoint: str, concurrency: int, requests: int, tiers: Tiers, think: str = ""
+) -> dict[str, Any]:
+    """Run one load-generator process; the tiers' CPU is read only around its measured window.
+
+    ``think``: ``<ms>:<spin|sleep>``, what the load generator does after each response (``--think-ms``).
+    """
     cmd = [sys.executable, str(LOADGEN), "--mode", mode, "--target", target, "--endpoint", endpoint]
     cmd += ["--concurrency", str(concurrency), "--requests", str(requests)]
+    if think:
+        ms, how = think.split(":")
+        cmd += ["--think-ms", ms, "--think", how]
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdin is not None and process.stdout is not None
     line = process.stdout.readline()
@@ -741,6 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--paths", nargs="+", choices=("gateway", "triton", "bare"), default=["gateway", "triton", "bare"]
     )
+    parser.add_argument(
+        "--triton-think",
+        nargs="*",
+        default=[],
+        metavar="MS:spin|sleep",
+        help="extra Triton-direct rows (path triton+MS:HOW) whose load generator holds its one event loop MS "
+        "after each response, spinning or sleeping: Triton's cost per request when requests arrive as a "
+        "gateway's would (one event loop's work apart), with that work on the same cores (spin) or not (sleep)",
+    )
     parser.add_argument("--bare-iterations", type=int, default=20)
     parser.add_argument(
         "--rounds",
@@ -812,6 +833,10 @@ def main(argv: list[str] | None = None) -> int:
                         r = _load("triton", triton.grpc_url, endpoint, c, requests, tiers)
                         rows.append(_served_row(kind, "triton", None, endpoint, c, r))
                         LOGGER.info("%s", rows[-1])
+                        for think in args.triton_think:
+                            r = _load("triton", triton.grpc_url, endpoint, c, requests, tiers, think)
+                            rows.append(_served_row(kind, f"triton+{think}", None, endpoint, c, r))
+                            LOGGER.info("%s", rows[-1])
             if "bare" in args.paths:
                 rows += _bare_rows(kind, repo, args.endpoints, concurrency, args.bare_iterations)
     note = args.note or f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs"
@@ -825,7 +850,13 @@ def _write(rows: list[Row], note: str, out: pathlib.Path) -> None:
     order = (list(ENDPOINTS), ["real", "null"], ["gateway", "triton", "bare"])
     rows = sorted(
         rows,
-        key=lambda r: (order[0].index(r.endpoint), order[1].index(r.engine), order[2].index(r.path), r.workers or 0),
+        key=lambda r: (
+            order[0].index(r.endpoint),
+            order[1].index(r.engine),
+            order[2].index(r.path.split("+")[0]),
+            r.path,
+            r.workers or 0,
+        ),
     )
     (out / "ceiling.md").write_text(markdown(rows, note))
     plot(rows, out / "ceiling.png")

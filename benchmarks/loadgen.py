@@ -125,6 +125,18 @@ def _triton_call(
     return call, client.close
 
 
+def _think(seconds: float, how: str) -> None:
+    """Hold this client's event loop for ``seconds`` after a response: ``spin`` burns this process's CPU
+    (as a gateway's own work between Triton calls would, on the same cores), ``sleep`` only waits."""
+    if how == "sleep":
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:
+        x += sum(range(200))
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     endpoint = ENDPOINTS[args.endpoint]
     factory = _gateway_call if args.mode == "gateway" else _triton_call
@@ -132,6 +144,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     remaining = args.requests
+    think_s = args.think_ms / 1000
 
     async def worker() -> None:
         nonlocal remaining, errors
@@ -141,6 +154,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             ok = await call()
             latencies.append(time.perf_counter() - start)
             errors += not ok
+            if think_s:
+                _think(think_s, args.think)
 
     try:
         for _ in range(max(4, args.concurrency) // args.concurrency):  # warm-up, concurrently
@@ -163,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="after each response, hold the (one) event loop this long: the clients then arrive as a gateway's "
+        "would, one event loop's work apart",
+    )
+    parser.add_argument("--think", choices=("spin", "sleep"), default="spin", help="how --think-ms is spent")
     args = parser.parse_args(argv)
     result = asyncio.run(_run(args))
     sys.stdout.write(json.dumps(result) + "\n")

@@ -72,3 +72,20 @@ def test_served_session_reads_the_models_log_line(ceiling: ModuleType, tmp_path:
     assert ceiling.served_session(log, "resnet50_vd") == session
     assert ceiling.served_session(log, "bert_qa") is None
     assert ceiling.served_session(tmp_path / "missing.log", "resnet50_vd") is None
+
+
+def test_paced_triton_rows_sort_after_plain_triton_and_render(ceiling: ModuleType, tmp_path: pathlib.Path) -> None:
+    rows = [
+        _row(ceiling, "triton+4:sleep", 0, triton=0.6, stub_engine=0.2),
+        _row(ceiling, "bare", 0, engine=1.0),
+        _row(ceiling, "triton", 0, triton=0.4, stub_engine=0.1),
+        _row(ceiling, "gateway", 0, gateway=3.0, triton=0.5, stub_engine=0.2),
+    ]
+    for row in rows:
+        row.engine = "null"
+    ceiling._write(rows, "note", tmp_path)
+    table = (tmp_path / "ceiling.md").read_text()
+    order = [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| null |")]
+    assert order[:4] == ["gateway", "triton", "triton+4:sleep", "bare"]
+    tier = ceiling.triton_tier_table(rows)
+    assert "| null | triton+4:sleep | classify | 1 |" in tier
