@@ -18,7 +18,7 @@ round is one real inference per model, a per-time cost that would land in whiche
 Paths, for each engine kind (``real``: the ONNX engines in ``--repo``; ``null``: the benchmark-only
 null engine, zero outputs of the real shapes at no engine cost, served with ``MM_ALLOW_NULL_ENGINE=1``):
 
-- ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; the detectors'
+- ``gateway``: HTTP to ``python -m gateway`` (``GATEWAY_WORKERS`` from ``--workers``; the image models'
   input through shared memory, as the local stack runs it, unless ``GATEWAY_TRITON_SHARED_MEMORY=false``);
 - ``triton``: ``tritonclient.grpc.aio`` with the preprocessed tensors straight to Triton (plain gRPC);
 - ``triton+MS:HOW`` (``--triton-think``): Triton direct again, but each client holds the load generator's

@@ -7,6 +7,7 @@ Rows, measured in interleaved rounds (``--rounds`` of ``--calls`` sequential cal
   ``InferResult.as_numpy`` (what the gateway did before);
 - ``gateway``: :meth:`gateway.triton.TritonClient.infer` (the ``ModelInferRequest`` built from the arrays, outputs
   read from ``raw_output_contents``);
+- for ``resnet50_vd`` also ``gateway, input in shm`` (its 224x224 crop, 150 kB, through a region);
 - for ``yolov5n`` also ``gateway, input in shm`` (the letterboxed input copied into a registered system
   shared-memory region, the request naming it) and ``... and output in shm`` (the 72 kB output written by Triton
   into a second region and copied out).
@@ -65,6 +66,10 @@ async def run(url: str, triton_pid: int, calls: int, rounds: int) -> list[tuple[
     await raw.register_system_shared_memory(out_name, f"/{out_name}", out_bytes)
     assert region is not None
     view = region.array(np.uint8, image.shape)
+    crop = CASES["resnet50_vd"][0]["images"]
+    crop_region = await client.region("resnet50_vd/images", crop.nbytes)
+    assert crop_region is not None
+    crop_view = crop_region.array(np.uint8, crop.shape)
 
     def tritonclient_call(model: str) -> Callable[[], Awaitable[Any]]:
         inputs, outputs = CASES[model]
@@ -88,6 +93,10 @@ async def run(url: str, triton_pid: int, calls: int, rounds: int) -> list[tuple[
         view[...] = image  # the gateway letterboxes into the region instead
         return await client.infer("yolov5n", {"images": view}, ["detections"], placed={"images": region})
 
+    async def shm_crop() -> Any:
+        crop_view[...] = crop  # the gateway copies its crop into the region instead
+        return await client.infer("resnet50_vd", {"images": crop_view}, ["logits"], placed={"images": crop_region})
+
     async def shm_both() -> Any:
         view[...] = image
         request = infer_request("yolov5n", {"images": view}, [], "", placed={"images": region})
@@ -100,6 +109,7 @@ async def run(url: str, triton_pid: int, calls: int, rounds: int) -> list[tuple[
     rows: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = []
     for model in CASES:
         rows += [(model, "tritonclient", tritonclient_call(model)), (model, "gateway", gateway_call(model))]
+    rows.insert(4, ("resnet50_vd", "gateway, input in shm", shm_crop))
     rows += [("yolov5n", "gateway, input in shm", shm_input), ("yolov5n", "gateway, input and output in shm", shm_both)]
     for _, _, call in rows:
         for _ in range(20):
@@ -115,6 +125,7 @@ async def run(url: str, triton_pid: int, calls: int, rounds: int) -> list[tuple[
             cpu[i][0].append(own * 1000 / calls)
             cpu[i][1].append(server * 1000 / calls)
     client.release(region)
+    client.release(crop_region)
     await raw.unregister_system_shared_memory(out_name)
     shm.destroy_shared_memory_region(out_handle)
     await client.close()

@@ -2,7 +2,7 @@
 
 One command starts a real ``tritonserver`` (``triton_local``) serving the benchmark-only null engines
 (zero outputs of the real shapes at no engine cost, ``MM_ALLOW_NULL_ENGINE=1``), so the gateway's own
-cost is what is left, and one gateway (``python -m gateway``, one process, the detectors' input through
+cost is what is left, and one gateway (``python -m gateway``, one process, the image models' input through
 shared memory as the local stack runs it). It drives each route with one fixed request (a 512x512
 JPEG q90 of scikit-image's astronaut for the image routes, the load generator's one-window question
 for ``/qa``), ``--requests`` at a time from each ``--concurrency`` number of client threads (1 and 4 by

@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     triton_shared_memory: bool = Field(
         default=False,
         description=(
-            "Send the detectors' input (the letterboxed image, 1.2 MB at 640x640) through system shared "
-            "memory instead of gRPC: the gateway draws it straight into a region the Triton client owns "
+            "Send the image models' input (a detector's letterboxed image, 1.2 MB at 640x640; a classifier's "
+            "crop, 150 kB at 224x224) through system shared memory instead of gRPC: the gateway draws it "
+            "straight into a region the Triton client owns "
             "(docs/benchmarks.md, section What sets the gateway's CPU). "
             "Only where gateway and Triton share ``/dev/shm`` (one host or pod). "
             "Outputs always come back over gRPC."
@@ -505,7 +506,7 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Most rows (images, QA windows) of a merged call; never more than the model's ``max_batch_size``. "
-            "With shared memory on, a merged detector call borrows one region of this many rows."
+            "With shared memory on, a merged detector or classifier call borrows one region of this many rows."
         ),
     )
     forwarded_allow_ips: str | None = Field(

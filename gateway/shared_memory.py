@@ -1,11 +1,12 @@
 """System shared memory between the gateway and Triton, when they share a host.
 
 A tensor sent over gRPC is copied into the request, serialised, received and parsed by Triton; one in
-a POSIX shared-memory region that both processes mapped is not. The detectors' input (640x640x3
-bytes, 1.2 MB) pays for it: the gateway letterboxes the image straight into a region and the request
-only names it (docs/benchmarks.md, "What sets the gateway's CPU": less CPU in the gateway and in
-Triton per ``/detect``). Their ``detections`` output (72 kB) comes back over gRPC: through shared
-memory it measured no cheaper.
+a POSIX shared-memory region that both processes mapped is not. The image models' input pays for it
+(:meth:`gateway.tasks.base.ImageTask.placement`): a detector's (640x640x3 bytes, 1.2 MB) is letterboxed
+straight into a region, a classifier's crop (224x224x3, 150 kB) copied into one, and the request only
+names it (docs/benchmarks.md, "What sets the gateway's CPU": less CPU in the gateway and in Triton per
+``/detect``, and per ``/classify`` a little). Outputs (``detections``, 72 kB; ``logits``) come back over
+gRPC: through shared memory the detector's measured no cheaper.
 
 The Triton client owns the one :class:`RegionPool` of the process: every region of every model
 (created with the client, so two first requests cannot create two pools). Regions are created and

@@ -85,7 +85,9 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         self.io = io
 
     @abc.abstractmethod
-    def preprocess(self, request: RequestT) -> FeaturesT: ...
+    def preprocess(self, request: RequestT, region: Region | None) -> FeaturesT:
+        """The model's inputs for ``request``; ``region``: where to draw the input tensor (a shared-memory
+        region held until the answer is in, from :meth:`placement`), or None: it travels over gRPC."""
 
     @abc.abstractmethod
     async def infer(self, features: FeaturesT) -> dict[str, np.ndarray]: ...
@@ -106,20 +108,27 @@ class Task(abc.ABC, Generic[RequestT, FeaturesT, ResultT]):
         """Held around ``preprocess``: where a task reserves what preprocessing needs (nothing, by default)."""
         yield
 
+    @contextlib.asynccontextmanager
+    async def placement(self) -> AsyncIterator[Region | None]:
+        """Held around the whole request: the shared-memory region its input is drawn into, or None (the
+        default: the input travels over gRPC)."""
+        yield None
+
     async def __call__(self, request: RequestT) -> ResultT:
         preprocess_s, inference_s, postprocess_s, _ = self._series
-        async with self.admitted(request):
-            with preprocess_s.time():
-                if self.inline_preprocess(request):
-                    features = self.preprocess(request)
-                else:
-                    features = await in_thread(self.executor, self.preprocess, request)
-        with inference_s.time():
-            outputs = await self.infer(features)
-        with postprocess_s.time():
-            if self.inline_postprocess(request, features):
-                return self.postprocess(request, features, outputs)
-            return await in_thread(self.executor, self.postprocess, request, features, outputs)
+        async with self.placement() as region:
+            async with self.admitted(request):
+                with preprocess_s.time():
+                    if self.inline_preprocess(request):
+                        features = self.preprocess(request, region)
+                    else:
+                        features = await in_thread(self.executor, self.preprocess, request, region)
+            with inference_s.time():
+                outputs = await self.infer(features)
+            with postprocess_s.time():
+                if self.inline_postprocess(request, features):
+                    return self.postprocess(request, features, outputs)
+                return await in_thread(self.executor, self.postprocess, request, features, outputs)
 
     async def _infer_rows(
         self, inputs: dict[str, np.ndarray], outputs: list[str], placed: dict[str, Region] | None = None
@@ -163,6 +172,27 @@ class ImageTask(Task[ImageQueryT, FeaturesT, ResultT]):
         super().__init__(self.TASK, model, client, metrics)
         self.settings = settings
         self.budget = budget or ImageBudget(settings.image_decode_budget_bytes, settings.image_decode_wait_s)
+
+    # The image tensor, [B, H, W, 3] uint8: what a shared-memory region holds (:meth:`placement`).
+    INPUT = "images"
+
+    def input_bytes(self) -> int:
+        """Bytes of one request's image tensor (known once bound to the model); 0: never placed."""
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def placement(self) -> AsyncIterator[Region | None]:
+        """With shared memory on (``GATEWAY_TRITON_SHARED_MEMORY``), a region of the Triton client's pool
+        for this request's image tensor, which preprocessing draws straight into; held until the answer
+        is in (a cancelled request waits for its preprocessing thread first: :func:`in_thread`). None when
+        shared memory is off or every region is busy: the tensor then goes over gRPC."""
+        nbytes = self.input_bytes()
+        region = await self.client.region(f"{self.model.name}/{self.INPUT}", nbytes) if nbytes else None
+        try:
+            yield region
+        finally:
+            if region is not None:
+                self.client.release(region)
 
     @contextlib.asynccontextmanager
     async def admitted(self, request: ImageQueryT) -> AsyncIterator[None]:

@@ -17,7 +17,7 @@ from gateway.shared_memory import Region
 from gateway.tasks.base import ImageTask
 from gateway.triton import TritonClient
 
-INPUT = "images"  # [B, size, size, 3] uint8, letterboxed
+INPUT = ImageTask.INPUT  # [B, size, size, 3] uint8, letterboxed
 OUTPUT = "detections"  # cx, cy, w, h, score, class_id; the best 3000 per image, best first (72 kB)
 
 
@@ -48,17 +48,6 @@ class DetectResult:
     detections: Detections
     width: int
     height: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Placed(DetectQuery):
-    """A query whose letterboxed input is drawn straight into a borrowed shared-memory region.
-
-    Args:
-        region: the region (held by :meth:`DetectTask.__call__` until the inference is answered).
-    """
-
-    region: Region | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,21 +86,11 @@ class DetectTask(ImageTask[DetectQuery, DetectFeatures, DetectResult]):
             size if self.nanodet else resolve("detect_img_size", self.settings.detect_img_size, size, io.name)
         )
 
-    async def __call__(self, request: DetectQuery) -> DetectResult:
-        """With shared memory on, the letterbox is drawn into a region borrowed from the Triton
-        client's pool, held until the answer is in (a cancelled request waits for its preprocessing
-        thread first: :func:`~gateway.tasks.base.in_thread`); all busy: the input goes over gRPC."""
-        region = await self.client.region(f"{self.model.name}/{INPUT}", 3 * self.img_size**2)
-        if region is None:
-            return await super().__call__(request)
-        try:
-            return await super().__call__(_Placed(request.image, request.conf_threshold, request.iou_threshold, region))
-        finally:
-            self.client.release(region)
+    def input_bytes(self) -> int:
+        return 3 * self.img_size**2
 
-    def preprocess(self, request: DetectQuery) -> DetectFeatures:
+    def preprocess(self, request: DetectQuery, region: Region | None) -> DetectFeatures:
         s = self.settings
-        region = request.region if isinstance(request, _Placed) else None
         out = None if region is None else region.array(np.uint8, (self.img_size, self.img_size, 3))
         canvas, box = detect_input(
             request.image,

@@ -20,6 +20,7 @@ from gateway.processing.qa import (
     window_chunks,
 )
 from gateway.settings import Settings
+from gateway.shared_memory import Region
 from gateway.tasks.base import Task
 from gateway.triton import TritonClient
 
@@ -96,7 +97,7 @@ class QATask(Task[QAQuery, QAFeatures, QAResult]):
     def inline_postprocess(self, request: QAQuery, features: QAFeatures) -> bool:
         return features.windows <= INLINE_WINDOWS
 
-    def preprocess(self, request: QAQuery) -> QAFeatures:
+    def preprocess(self, request: QAQuery, region: Region | None = None) -> QAFeatures:
         if len(request.context) > self.settings.qa_max_context_chars:
             raise InvalidText(
                 f"context has {len(request.context)} characters; the limit is {self.settings.qa_max_context_chars}"
