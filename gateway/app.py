@@ -96,6 +96,8 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         app.state.services = services
         if services.prober is not None:
             services.prober.start()
+        if services.sweeper is not None:
+            services.sweeper.start()
         # What start-up built (modules, routes, schemas, tokenizer, clients) lives as long as the
         # app: move it out of the collector's generations, so that the collections requests trigger
         # scan only what requests allocate (a full collection walked all of it). Given back to the

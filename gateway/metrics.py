@@ -92,6 +92,11 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        self.shared_memory_swept = Counter(
+            "gateway_shared_memory_swept",
+            "Shared-memory regions of dead gateway processes unregistered from Triton and unlinked",
+            registry=r,
+        )
         # Health probes (gateway.health): counted apart from user traffic.
         self.probes = Counter(
             "gateway_probes", "Probe inferences by model and result (ok, fail)", ["model", "result"], registry=r

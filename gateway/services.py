@@ -15,6 +15,7 @@ from gateway.image_budget import ImageBudget
 from gateway.metrics import Metrics
 from gateway.model_io import read_model_io
 from gateway.settings import Settings
+from gateway.shared_memory import RegionSweeper
 from gateway.tasks.base import Task
 from gateway.tasks.classify import ClassifyTask
 from gateway.tasks.detect import DetectTask
@@ -43,6 +44,7 @@ class Services:
     health: whether each served model can serve (probes and real requests).
     answerers: QA pipelines by model name (``qa`` and its built precision variants); empty: ``qa`` only.
     prober: the background probe inferences feeding ``health``; started by the app's lifespan.
+    sweeper: the background sweep of dead gateway processes' shared-memory regions (shared memory on).
     executor: the bounded thread pool (``task_threads``) every task's preprocess and postprocess run in.
     """
 
@@ -53,6 +55,7 @@ class Services:
     detectors: dict[str, DetectTask] = dataclasses.field(default_factory=dict)
     health: ModelHealth = dataclasses.field(default_factory=lambda: ModelHealth([]))
     prober: Prober | None = None
+    sweeper: RegionSweeper | None = None
     answerers: dict[str, QATask] = dataclasses.field(default_factory=dict)
     executor: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -102,6 +105,10 @@ class Services:
             settings.health_probe_timeout_s,
             settings.health_probe_retry_interval_s,
         )
+        if client.pool is not None:
+            services.sweeper = RegionSweeper(
+                client.sweep_regions, settings.triton_shared_memory_sweep_s, metrics.shared_memory_swept.inc
+            )
         return services
 
     async def bind(self, settings: Settings) -> None:
@@ -160,6 +167,8 @@ class Services:
     async def close(self) -> None:
         if self.prober is not None:
             await self.prober.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         for task in self.tasks:
             await task.close()
         await self.client.close()

@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     triton_shared_memory_regions: int = Field(
         default=16, description="Shared-memory regions per model input (all busy: that request's input goes over gRPC)."
     )
+    triton_shared_memory_sweep_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "With shared memory on: at start-up and then every this many seconds, unregister from Triton "
+            "and unlink the regions that gateway processes which died (SIGKILL, OOM kill, a restarted "
+            "container on a shared ``/dev/shm``) left behind; a region is live while its process holds a "
+            "lock on its ``/dev/shm`` file. 0: never."
+        ),
+    )
     model_repository: pathlib.Path | None = Field(
         default=pathlib.Path("triton_repo"),
         description=(

@@ -17,16 +17,33 @@ ordinary gRPC path. :meth:`RegionPool.close` unregisters and unmaps them all.
 
 Only for deployments where both processes see the same ``/dev/shm`` (one machine, or one pod with
 a shared memory volume): set ``GATEWAY_TRITON_SHARED_MEMORY=true``.
+
+A process that dies without closing its pool (SIGKILL, the OOM killer, a container restarted on a
+shared ``/dev/shm``) leaves its regions behind: their ``/dev/shm`` names, and Triton's registration and
+mapping of each, for as long as Triton runs. Liveness is told by a lock, not a pid (pids mean nothing
+across pid namespaces and are reused): while a process owns a region it holds a shared ``flock`` on the
+region's ``/dev/shm`` file, which the kernel drops when the process dies, however it dies.
+:func:`sweep_stale` (run by :class:`RegionSweeper` at start-up and every
+``GATEWAY_TRITON_SHARED_MEMORY_SWEEP_S``) takes an exclusive lock on each ``gw-*`` file no process holds,
+unregisters it from Triton and unlinks it. Where the dead process's names are already gone (Python's
+resource tracker, which outlives it, unlinks them) but Triton still maps them, the sweep unregisters
+Triton's ``gw-*`` regions that have no name left, once this process has registered one of its own
+(proof that it sees Triton's ``/dev/shm``). A gateway worker's supervisor also releases a dead worker's
+regions at once (:func:`gateway.workers.release_regions`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
+import pathlib
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +55,11 @@ from gateway.errors import UpstreamTimeout
 
 LOGGER = logging.getLogger(__name__)
 
+SHM_DIR = pathlib.Path("/dev/shm")
+NAME_PREFIX = "gw-"
+# A region file younger than this is never swept: its creator opens it and only then takes its lock.
+MIN_AGE_S = 5.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Region:
@@ -47,6 +69,7 @@ class Region:
     handle: tritonclient's handle of the mapping in this process.
     nbytes: the region's size.
     tensor: what the region is for (``<model>/<tensor>``): regions are reused for that tensor only.
+    lock_fd: the descriptor holding the shared lock that marks the region live (:func:`hold`); -1: none.
     """
 
     name: str
@@ -54,6 +77,7 @@ class Region:
     handle: Any
     nbytes: int
     tensor: str
+    lock_fd: int = -1
 
     def array(self, dtype: Any, shape: Sequence[int]) -> np.ndarray:
         """A writable view of the region's first bytes as an array (valid while the region is held)."""
@@ -62,7 +86,130 @@ class Region:
 
 def region_prefix(pid: int) -> str:
     """How the names of process ``pid``'s regions begin (a supervisor finds a dead worker's by it)."""
-    return f"gw-{pid}-"
+    return f"{NAME_PREFIX}{pid}-"
+
+
+def hold(name: str, directory: pathlib.Path = SHM_DIR) -> int:
+    """Take a shared lock on region ``name``'s file for as long as this process owns the region, and
+    return the descriptor that holds it (-1 where the file is not there to lock, e.g. not Linux)."""
+    try:
+        fd = os.open(directory / name, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def claim_stale(directory: pathlib.Path = SHM_DIR, min_age_s: float = MIN_AGE_S) -> list[tuple[str, int]]:
+    """The ``gw-*`` region files no live process holds, each with a descriptor holding its exclusive
+    lock (so no other sweeper takes it meanwhile; close it when done). Files younger than
+    ``min_age_s`` are left alone: a creator opens its region before it can lock it."""
+    claimed = []
+    now = time.time()
+    for path in sorted(directory.glob(f"{NAME_PREFIX}*")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            if now - os.fstat(fd).st_ctime < min_age_s:
+                raise BlockingIOError
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its owner is alive
+        except OSError:
+            os.close(fd)
+            continue
+        claimed.append((path.name, fd))
+    return claimed
+
+
+async def sweep_stale(
+    client: Any,
+    timeout_s: float,
+    directory: pathlib.Path = SHM_DIR,
+    min_age_s: float = MIN_AGE_S,
+    orphans: bool = False,
+) -> list[str]:
+    """Unregister from Triton and unlink every region whose owner died (:func:`claim_stale`); returns
+    their names. A region Triton cannot unregister now (unreachable, too slow) is kept for the next sweep:
+    unlinking its name would leave Triton's mapping with nothing left to find it by.
+
+    ``orphans``: also unregister the ``gw-*`` regions Triton holds whose name is gone from ``directory``
+    (a dead process's names unlinked by multiprocessing's resource tracker, which outlives it: Triton
+    still maps them). Only for a caller that has registered a region of its own, which proves that
+    Triton and it share ``directory``: a gateway that does not would take every region for an orphan.
+    """
+    swept = []
+    if orphans:
+        # Triton's list first, the names after: a region registered meanwhile is then never missed
+        # (its name exists before its registration), and one closed meanwhile is unregistered twice.
+        try:
+            status = await client.get_system_shared_memory_status(as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            LOGGER.warning("cannot read Triton's shared-memory regions: %s", exc.message())
+            status = {}
+        registered = [name for name in status.get("regions", {}) if name.startswith(NAME_PREFIX)]
+        for name in registered:
+            if (directory / name).exists():
+                continue
+            try:
+                await client.unregister_system_shared_memory(name, client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                LOGGER.warning("orphaned shared-memory region %s kept for the next sweep: %s", name, exc.message())
+                continue
+            swept.append(name)
+    for name, fd in claim_stale(directory, min_age_s):
+        try:
+            try:
+                await client.unregister_system_shared_memory(name, client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                LOGGER.warning("stale shared-memory region %s kept for the next sweep: %s", name, exc.message())
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (directory / name).unlink()
+            swept.append(name)
+        finally:
+            os.close(fd)
+    if swept:
+        LOGGER.warning("swept %d shared-memory regions of gateway processes that died: %s", len(swept), swept)
+    return swept
+
+
+class RegionSweeper:
+    """Runs ``sweep`` (:func:`sweep_stale` through the Triton client) at start-up and then every
+    ``interval_s`` (0: never), counting what it swept in ``swept`` (a metric's ``inc``).
+
+    Args:
+        sweep: one sweep; returns the names swept.
+        interval_s: seconds between sweeps; 0 turns the sweeper off.
+        swept: called with the number of regions each sweep removed.
+    """
+
+    def __init__(
+        self, sweep: Callable[[], Awaitable[list[str]]], interval_s: float, swept: Callable[[int], None]
+    ) -> None:
+        self.sweep = sweep
+        self.interval_s = interval_s
+        self.swept = swept
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self.swept(len(await self.sweep()))
+            except Exception:  # a failed sweep must not end sweeping
+                LOGGER.exception("shared-memory sweep failed")
+            await asyncio.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="shared-memory-sweeper")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class RegionPool:
@@ -82,6 +229,8 @@ class RegionPool:
         self._count: dict[str, int] = {}
         self._free: dict[str, list[Region]] = {}
         self._lock = asyncio.Lock()
+        # Set once Triton has registered a region of this pool: Triton and this process share /dev/shm.
+        self.shares_dev_shm = False
 
     @property
     def regions(self) -> list[Region]:
@@ -104,7 +253,7 @@ class RegionPool:
                 return None
             name = f"{self.prefix}-{len(self._all)}"
             handle = shm.create_shared_memory_region(name, f"/{name}", nbytes)
-            region = Region(name, f"/{name}", handle, nbytes, tensor)
+            region = Region(name, f"/{name}", handle, nbytes, tensor, hold(name))
             try:
                 await client.register_system_shared_memory(
                     region.name, region.key, region.nbytes, client_timeout=self._timeout()
@@ -120,6 +269,7 @@ class RegionPool:
                 self.release(region)
                 raise
             self._add(region)
+            self.shares_dev_shm = True
             return region
 
     def _timeout(self) -> float:
@@ -169,3 +319,6 @@ def _destroy(region: Region) -> None:
     except BufferError:  # an array still views the mapping: unlink the name, the mapping goes with the array
         LOGGER.info("%s is still mapped by an array; unlinking its name", region.name)
         region.handle._mpsm_handle.unlink()
+    finally:
+        if region.lock_fd >= 0:  # after the unlink: a sweeper never sees the name unlocked
+            os.close(region.lock_fd)

@@ -38,7 +38,7 @@ from gateway.health import ModelHealth, cannot_serve
 from gateway.model_io import ModelIO
 from gateway.request_id import current as request_id_var
 from gateway.settings import Settings
-from gateway.shared_memory import Region, RegionPool
+from gateway.shared_memory import Region, RegionPool, sweep_stale
 
 LOGGER = logging.getLogger(__name__)
 
@@ -311,6 +311,13 @@ class TritonClient:
             self.health.record(model, True)
         arrays = output_arrays(response)
         return {name: arrays[name] for name in outputs}
+
+    async def sweep_regions(self) -> list[str]:
+        """Unregister and unlink the shared-memory regions of gateway processes that died
+        (:func:`gateway.shared_memory.sweep_stale`); nothing when shared memory is off."""
+        if self.pool is None:
+            return []
+        return await sweep_stale(self._client, self.pool.timeout_s, orphans=self.pool.shares_dev_shm)
 
     async def region(self, tensor: str, nbytes: int) -> Region | None:
         """A shared-memory region of ``nbytes`` for ``tensor`` (``<model>/<name>``) from the client's
