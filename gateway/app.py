@@ -174,7 +174,7 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
     )
     if settings.rate_limit_per_s > 0:
         buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients)
-        app.add_middleware(RateLimit, buckets=buckets)
+        app.add_middleware(RateLimit, buckets=buckets, ipv6_prefix=settings.rate_limit_ipv6_prefix)
     if keys := load_api_keys(settings):
         app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=lambda: _route_paths(app))

@@ -2,7 +2,9 @@
 
 A client is its API key (``key:<index>``, set by :mod:`gateway.auth`) when keys are configured,
 else its IP address as the ASGI server reports it (behind a proxy, set
-``GATEWAY_FORWARDED_ALLOW_IPS`` to the proxy so that is the real client; see :func:`client_of`). Each
+``GATEWAY_FORWARDED_ALLOW_IPS`` to the proxy so that is the real client; see :func:`client_of`): an
+IPv4 address, or an IPv6 address's network of ``GATEWAY_RATE_LIMIT_IPV6_PREFIX`` bits (one host is
+given a whole /64 and can rotate through it, so per address its limit would be none). Each
 worker process (``GATEWAY_WORKERS``) has its own buckets. Each bucket holds up to ``burst`` tokens
 and refills at ``rate`` per second; a request takes one. Without a token the client gets 429
 ``rate_limited`` with ``Retry-After``: the whole seconds until a token is back.
@@ -25,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway._asgi import send_json_error
 from gateway.auth import CLIENT_KEY
 from gateway.errors import RateLimited
+from gateway.settings import RATE_LIMIT_MIN_PER_S
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -40,10 +43,9 @@ class TokenBuckets:
     """
 
     def __init__(self, rate: float, burst: int, max_clients: int, clock: Callable[[], float] = time.monotonic) -> None:
-        # A finite rate whose inverse is finite too: 1 / 1e-310 is infinite, and its Retry-After was a 500.
-        if not (math.isfinite(rate) and rate > 0 and math.isfinite(1.0 / rate)) or burst < 1 or max_clients < 1:
+        if not (math.isfinite(rate) and rate >= RATE_LIMIT_MIN_PER_S) or burst < 1 or max_clients < 1:
             raise ValueError(
-                "need rate > 0 (finite, 1/rate finite), burst >= 1, max_clients >= 1 "
+                f"need rate >= {RATE_LIMIT_MIN_PER_S:.3g} (one a day) and finite, burst >= 1, max_clients >= 1 "
                 f"(got {rate}, {burst}, {max_clients})"
             )
         self.rate = rate
@@ -82,13 +84,15 @@ class TokenBuckets:
 _MAX_ADDRESS_CHARS = 64
 
 
-def client_of(scope: Scope) -> str:
-    """The rate-limited identity: the API key's index when authenticated, else the peer's IP address.
+def client_of(scope: Scope, ipv6_prefix: int = 128) -> str:
+    """The rate-limited identity: the API key's index when authenticated, else the peer's IP address,
+    an IPv6 one as its network of ``ipv6_prefix`` bits (``ip:2001:db8::/64``; 128: the address).
 
     The address is written canonically (``ipaddress``), so one client has one bucket however its
-    address is spelled; a peer that is no IP address (an ``X-Forwarded-For`` entry a trusted proxy
-    passed on: any text, up to the header limit) is ``ip:invalid``. Bucket names stay short: 10,000
-    buckets named by 15 kB ``X-Forwarded-For`` values held 150 MB.
+    address is spelled (an IPv4-mapped IPv6 address is its IPv4 address); a peer that is no IP address
+    (an ``X-Forwarded-For`` entry a trusted proxy passed on: any text, up to the header limit) is
+    ``ip:invalid``. Bucket names stay short: 10,000 buckets named by 15 kB ``X-Forwarded-For`` values
+    held 150 MB.
     """
     if CLIENT_KEY in scope:
         return str(scope[CLIENT_KEY])
@@ -99,26 +103,34 @@ def client_of(scope: Scope) -> str:
     if len(host) > _MAX_ADDRESS_CHARS:
         return "ip:invalid"
     try:
-        return f"ip:{ipaddress.ip_address(host)}"
+        address = ipaddress.ip_address(host)
     except ValueError:
         return "ip:invalid"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        if ipv6_prefix < 128:  # the network, zone id dropped
+            return f"ip:{ipaddress.IPv6Network((int(address), ipv6_prefix), strict=False)}"
+    return f"ip:{address}"
 
 
 class RateLimit:
     """Args:
     app: the wrapped ASGI app.
     buckets: the clients' token buckets.
+    ipv6_prefix: an IPv6 client's bucket is its network of this many bits (:func:`client_of`).
     """
 
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets, ipv6_prefix: int = 64) -> None:
         self.app = app
         self.buckets = buckets
+        self.ipv6_prefix = ipv6_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        wait = self.buckets.take(client_of(scope))
+        wait = self.buckets.take(client_of(scope, self.ipv6_prefix))
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             message = f"rate limit exceeded; retry after {retry_after}s"

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pathlib
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.vocab import BERT_BASE_UNCASED
+
+# The slowest rate limit refill accepted: one token a day. Retry-After (at most 1 / rate) stays a number of
+# seconds a client can use; 1e-300 per second gave a 301-digit one.
+RATE_LIMIT_MIN_PER_S = 1 / 86_400
 
 
 class Settings(BaseSettings):
@@ -264,12 +268,22 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0,
         description=(
-            "Requests per second refilled into each client's token bucket (0: no limit); a client is "
-            "its API key when keys are set, else its IP. Empty bucket: 429."
+            "Requests per second refilled into each client's token bucket (0: no limit; else at least "
+            "1/86400, one a day, so ``Retry-After`` stays at most a day); a client is its API key when keys "
+            "are set, else its IP (an IPv6 one by ``rate_limit_ipv6_prefix``). Empty bucket: 429."
         ),
     )
     rate_limit_burst: int = Field(
         default=20, ge=1, description="Bucket capacity: the most requests a client can make at once."
+    )
+    rate_limit_ipv6_prefix: int = Field(
+        default=64,
+        ge=1,
+        le=128,
+        description=(
+            "Without API keys, an IPv6 client's bucket is its network of this many bits (one host is given a "
+            "whole /64 and could rotate addresses through it); 128: per address. IPv4 clients: per address."
+        ),
     )
     rate_limit_max_clients: int = Field(
         default=10_000, ge=1, description="Most buckets tracked; past it the least recently seen is dropped."
@@ -530,6 +544,13 @@ class Settings(BaseSettings):
             "request, get a fresh bucket each time and never see a 429.)"
         ),
     )
+
+    @field_validator("rate_limit_per_s")
+    @classmethod
+    def _rate_off_or_at_least_one_a_day(cls, rate: float) -> float:
+        if 0 < rate < RATE_LIMIT_MIN_PER_S:
+            raise ValueError(f"0 (off) or at least {RATE_LIMIT_MIN_PER_S:.3g} (one a day), got {rate}")
+        return rate
 
 
 def _markdown_default(value: object) -> str:

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from gateway.rate_limit import TokenBuckets, client_of
+from gateway.settings import RATE_LIMIT_MIN_PER_S, Settings
 
 
 class Clock:
@@ -70,7 +71,16 @@ def test_clock_going_backwards_adds_no_tokens() -> None:
 
 @pytest.mark.parametrize(
     ("rate", "burst", "max_clients"),
-    [(0.0, 1, 1), (1.0, 0, 1), (1.0, 1, 0), (float("inf"), 1, 1), (float("nan"), 1, 1), (1e-310, 1, 1)],
+    [
+        (0.0, 1, 1),
+        (1.0, 0, 1),
+        (1.0, 1, 0),
+        (float("inf"), 1, 1),
+        (float("nan"), 1, 1),
+        (1e-310, 1, 1),
+        (1e-300, 1, 1),
+        (RATE_LIMIT_MIN_PER_S * 0.99, 1, 1),
+    ],
 )
 def test_bad_parameters_are_refused(rate: float, burst: int, max_clients: int) -> None:
     with pytest.raises(ValueError, match="need rate"):
@@ -83,13 +93,43 @@ def test_client_is_the_key_when_authenticated_else_the_ip() -> None:
     assert client_of({"client": None}) == "ip:unknown"
 
 
-def test_the_slowest_accepted_rate_still_gives_a_retry_after() -> None:
-    """1e-308 is accepted (1/rate is finite); its wait converts to whole seconds (1e-310 made it infinite:
-    ``math.ceil`` raised, a 500)."""
-    buckets = TokenBuckets(rate=1e-308, burst=1, max_clients=1, clock=Clock())
+def test_the_slowest_accepted_rate_gives_a_retry_after_of_at_most_a_day() -> None:
+    """One a day is the slowest rate: its wait is whole seconds a client can use (1e-310 made it
+    infinite, ``math.ceil`` raised, a 500; 1e-300 gave a 301-digit Retry-After)."""
+    buckets = TokenBuckets(rate=RATE_LIMIT_MIN_PER_S, burst=1, max_clients=1, clock=Clock())
     assert buckets.take("a") == 0.0
-    wait = buckets.take("a")
-    assert math.ceil(wait) >= 1
+    assert 1 <= math.ceil(buckets.take("a")) <= 86_400
+
+
+@pytest.mark.parametrize("rate", [1e-300, 1e-6, RATE_LIMIT_MIN_PER_S / 2, -1.0])
+def test_settings_refuse_a_rate_slower_than_one_a_day(rate: float) -> None:
+    with pytest.raises(ValueError):
+        Settings(rate_limit_per_s=rate, _env_file=None)  # type: ignore[call-arg]
+    assert Settings(rate_limit_per_s=RATE_LIMIT_MIN_PER_S, _env_file=None).rate_limit_per_s > 0  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("peer", "prefix", "client"),
+    [
+        ("2001:db8:1:2:aaaa::1", 64, "ip:2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", 64, "ip:2001:db8:1:2::/64"),  # the same host, another address
+        ("2001:db8:1:3::1", 64, "ip:2001:db8:1:3::/64"),  # the next /64: another client
+        ("2001:db8:1:2:aaaa::1", 56, "ip:2001:db8:1::/56"),
+        ("2001:db8:1:2:aaaa::1", 128, "ip:2001:db8:1:2:aaaa::1"),
+        ("fe80::1%eth0", 64, "ip:fe80::/64"),
+        ("::ffff:10.0.0.7", 64, "ip:10.0.0.7"),  # an IPv4 client on a dual-stack socket: per address
+        ("10.0.0.7", 64, "ip:10.0.0.7"),
+    ],
+)
+def test_an_ipv6_client_is_its_network(peer: str, prefix: int, client: str) -> None:
+    assert client_of({"client": (peer, 0)}, prefix) == client
+
+
+def test_rotating_addresses_in_one_slash_64_share_one_bucket() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=2, max_clients=100, clock=Clock())
+    taken = [buckets.take(client_of({"client": (f"2001:db8::{i:x}", 0)}, 64)) for i in range(1, 6)]
+    assert taken[:2] == [0.0, 0.0] and all(wait > 0 for wait in taken[2:])
+    assert len(buckets) == 1
 
 
 @pytest.mark.parametrize(

@@ -196,3 +196,20 @@ def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(
         _assert_error(httpx.get(f"{url}/models", timeout=10), 429, "rate_limited")
         spoofed = httpx.get(f"{url}/models", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10)
         assert spoofed.status_code == spoofed_status, spoofed.text
+
+
+def test_ipv6_clients_behind_a_trusted_proxy_are_limited_by_their_slash_64(settings: Settings) -> None:
+    """Over a real uvicorn with the gateway's options: addresses of one /64 share a bucket (a host can
+    rotate through its whole /64), the next /64 has its own."""
+    limited = settings.model_copy(
+        update={"rate_limit_per_s": RATE, "rate_limit_burst": 1, "forwarded_allow_ips": "127.0.0.1"}
+    )
+
+    def get(client: str) -> httpx.Response:
+        return httpx.get(f"{url}/models", headers={"X-Forwarded-For": client}, timeout=10)
+
+    with serve(create_app(limited), **{**uvicorn_options(limited), "port": free_port()}) as url:
+        assert get("2001:db8:0:1::1").status_code == 200
+        _assert_error(get("2001:db8:0:1::2"), 429, "rate_limited")
+        _assert_error(get("2001:db8:0:1:ffff:ffff:ffff:fffe"), 429, "rate_limited")
+        assert get("2001:db8:0:2::1").status_code == 200
