@@ -29,7 +29,7 @@ from gateway.server_errors import ServerErrors
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.triton import TritonClient
-from gateway.workers import scrape_registry
+from gateway.workers import scrape_registry, shared_buckets
 
 LOGGER = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ def create_app(settings: Settings, triton_client: Callable[[], TritonClient] | N
         path_max_bytes={"/qa": settings.max_qa_body_bytes},
     )
     if settings.rate_limit_per_s > 0:
-        buckets = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients)
+        buckets = shared_buckets(settings) or TokenBuckets(
+            settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients
+        )
         app.add_middleware(RateLimit, buckets=buckets, ipv6_prefix=settings.rate_limit_ipv6_prefix)
     if keys := load_api_keys(settings):
         app.add_middleware(ApiKeyAuth, keys=keys)

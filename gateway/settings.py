@@ -360,10 +360,9 @@ class Settings(BaseSettings):
         description=(
             "Gateway worker processes of ``python -m gateway`` (uvicorn workers sharing the port; "
             "metrics aggregated through ``PROMETHEUS_MULTIPROC_DIR``); 1 = a single process. The "
-            "per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``, and the "
-            "rate limit's buckets: up to N times ``rate_limit_burst`` for a client whose connections reach N "
-            "workers) apply to each worker. A worker that dies is replaced; its in-flight gauge and "
-            "shared-memory regions are released by the supervisor."
+            "per-process limits (``max_inflight``, ``max_body_reads``, ``max_buffered_body_bytes``) apply to "
+            "each worker; the rate limit's buckets are one table all workers share. A worker that dies is "
+            "replaced; its in-flight gauge and shared-memory regions are released by the supervisor."
         ),
     )
     triton_lb_policy: Literal["pick_first", "round_robin"] = Field(

@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from uvicorn.supervisors import Multiprocess
 
+from gateway.rate_limit import SharedTokenBuckets
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
 from gateway.shared_memory import region_prefix
@@ -50,6 +51,7 @@ LOGGER = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUPERVISOR_ENV = "GATEWAY_WORKERS_SUPERVISOR_PID"  # set by serve_workers for its workers (internal)
+RATE_LIMIT_TABLE_ENV = "GATEWAY_WORKERS_RATE_LIMIT_TABLE"  # the workers' shared buckets (internal)
 
 
 def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
@@ -105,6 +107,17 @@ class WorkerGroupCollector(Collector):
             "Gateway processes: the supervisor, its workers and multiprocessing's resource tracker",
             processes,
         )
+
+
+def shared_buckets(settings: Settings) -> SharedTokenBuckets | None:
+    """The rate limit's table shared by every worker of this gateway (made by :func:`serve_workers`),
+    or None in a single-process gateway."""
+    table = os.environ.get(RATE_LIMIT_TABLE_ENV)
+    if not table:
+        return None
+    return SharedTokenBuckets(
+        pathlib.Path(table), settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_max_clients
+    )
 
 
 def app_factory() -> FastAPI:
@@ -266,12 +279,16 @@ def serve_workers(settings: Settings) -> None:
     # Before any worker starts (spawned: each imports prometheus_client afresh and sees it).
     os.environ[MULTIPROC_ENV] = str(directory)
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    table = directory / "rate-limit.table"
+    if settings.rate_limit_per_s > 0:  # one limit for the gateway, whichever worker a connection reaches
+        SharedTokenBuckets.create(table, settings.rate_limit_max_clients)
+        os.environ[RATE_LIMIT_TABLE_ENV] = str(table)
     LOGGER.info("starting %d gateway workers; metrics aggregated in %s", settings.workers, directory)
     try:
         if settings.metrics_port is not None:  # the workers' apps then have no /metrics route
             start_http_server(settings.metrics_port, settings.host, registry=scrape_registry(CollectorRegistry()))
         # The same protocol and limits as one process (gateway.server); per-process limits
-        # (max_inflight, max_body_reads, max_buffered_body_bytes, the rate limit's buckets) apply to each worker.
+        # (max_inflight, max_body_reads, max_buffered_body_bytes) apply to each worker, the rate limit to all.
         # uvicorn.run(..., workers=N), with the supervisor that also cleans up after a killed worker.
         config = uvicorn.Config(
             "gateway.workers:app_factory", factory=True, workers=settings.workers, **uvicorn_options(settings)
@@ -282,6 +299,7 @@ def serve_workers(settings: Settings) -> None:
         finally:
             sock.close()
     finally:
+        table.unlink(missing_ok=True)
         if created:
             shutil.rmtree(directory, ignore_errors=True)
         else:

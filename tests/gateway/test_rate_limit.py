@@ -1,12 +1,19 @@
-"""The token bucket table, on an injected clock; the middleware is exercised in tests/reliability/test_access.py."""
+"""The token bucket tables (one process's, and the one workers share), on an injected clock.
+
+The middleware is exercised in tests/reliability/test_access.py, the shared table across real workers
+in tests/gateway/test_workers.py.
+"""
 
 from __future__ import annotations
 
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
-from gateway.rate_limit import TokenBuckets, client_of
+from gateway.rate_limit import SharedTokenBuckets, TokenBuckets, client_of
 from gateway.settings import RATE_LIMIT_MIN_PER_S, Settings
 
 
@@ -153,3 +160,67 @@ def test_bucket_names_stay_short_whatever_the_peer_sends() -> None:
     for i in range(100):
         buckets.take(client_of({"client": (f"{i:05d}" + "x" * 15_000, 0)}))
     assert len(buckets) == 1 and "ip:invalid" in buckets
+
+
+# --- the table the workers share ------------------------------------------------------------------
+
+
+def _table(tmp_path: pathlib.Path, max_clients: int = 100) -> pathlib.Path:
+    path = tmp_path / "rate-limit.table"
+    SharedTokenBuckets.create(path, max_clients)
+    return path
+
+
+def test_shared_table_refills_and_refuses_like_the_dict(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    table = _table(tmp_path)
+    shared = SharedTokenBuckets(table, rate=2.0, burst=3, max_clients=100, clock=clock)
+    local = TokenBuckets(rate=2.0, burst=3, max_clients=100, clock=clock)
+    for step in [0.0, 0.0, 0.0, 0.0, 0.1, 0.4, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0]:
+        clock.now += step
+        assert shared.take("a") == pytest.approx(local.take("a"))
+        assert shared.take("b") == pytest.approx(local.take("b"))
+
+
+def test_two_maps_of_one_table_share_each_clients_bucket(tmp_path: pathlib.Path) -> None:
+    """As two workers do: a client spread over both gets ``burst`` in all, not ``burst`` from each."""
+    clock = Clock()
+    table = _table(tmp_path)
+    one, two = (SharedTokenBuckets(table, rate=1.0, burst=4, max_clients=100, clock=clock) for _ in range(2))
+    granted = [(one if i % 2 else two).take("a") == 0.0 for i in range(10)]
+    assert granted == [True] * 4 + [False] * 6
+    assert one.take("b") == 0.0  # another client: its own bucket
+
+
+def test_another_process_takes_from_the_same_buckets(tmp_path: pathlib.Path) -> None:
+    table = _table(tmp_path)
+    code = (
+        "import pathlib, sys\n"
+        "from gateway.rate_limit import SharedTokenBuckets\n"
+        f"b = SharedTokenBuckets(pathlib.Path({str(table)!r}), 0.01, 5, 100)\n"
+        "print(sum(b.take('a') == 0.0 for _ in range(3)))\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "3\n"
+    here = SharedTokenBuckets(table, rate=0.01, burst=5, max_clients=100)
+    assert [here.take("a") == 0.0 for _ in range(3)] == [True, True, False]
+
+
+def test_shared_table_is_bounded_and_drops_the_least_recently_seen(tmp_path: pathlib.Path) -> None:
+    clock = Clock()
+    table = _table(tmp_path, max_clients=4)
+    buckets = SharedTokenBuckets(table, rate=0.01, burst=1, max_clients=4, clock=clock)
+    for name in "abcd":
+        clock.now += 1
+        assert buckets.take(name) == 0.0
+    clock.now += 1
+    assert buckets.take("b") > 0  # seen again: now the most recent
+    clock.now += 1
+    assert buckets.take("e") == 0.0  # a fifth client: "a", the least recently seen, is dropped
+    assert buckets.take("a") == 0.0  # back, full again (it drops "c" now)
+    assert buckets.take("b") > 0 and buckets.take("d") > 0
+    assert table.stat().st_size == 4 * 32
+
+
+def test_a_table_of_another_size_is_refused(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="no table of 50"):
+        SharedTokenBuckets(_table(tmp_path, max_clients=100), rate=1.0, burst=1, max_clients=50)

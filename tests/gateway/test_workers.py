@@ -356,3 +356,47 @@ def test_workers_keep_the_keys_read_at_start_when_the_file_changes_or_goes(
         assert _statuses(url, "started-with") == {200}
         assert stop_process(process, 30) == 0
     assert set(pathlib.Path(tempfile.gettempdir()).glob("gateway-keys-*")) <= snapshots  # the copy is removed
+
+
+def _statuses_by_pid(directory: pathlib.Path, route: str) -> dict[int, dict[str, float]]:
+    """Each worker's own count of answers on ``route`` by status, read from its multiprocess file."""
+    counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path in directory.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[-1])
+        db = MmapedDict(str(path), read_mode=True)
+        try:
+            for key, value, _ in db.read_all_values():
+                _name, sample, labels, _help = json.loads(key)
+                if sample == "gateway_requests_total" and labels.get("route") == route:
+                    counts[pid][labels["status"]] += value
+        finally:
+            db.close()
+    return counts
+
+
+def test_the_rate_limit_is_the_gateways_whichever_workers_a_client_reaches(
+    triton: TritonServer, model_repo: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A client over many connections, spread by the kernel over both workers, gets ``burst`` requests
+    in all (each worker's own buckets gave it up to twice that), then 429s from both workers."""
+    burst = 5
+    metrics_dir = tmp_path / "prom"
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "GATEWAY_RATE_LIMIT_PER_S": "0.01",
+        "GATEWAY_RATE_LIMIT_BURST": str(burst),
+    }
+    with _serve_workers(triton, model_repo, tmp_path, env) as (url, _, process):
+        statuses: list[int] = []
+        deadline = time.monotonic() + 60
+        # New connections until both workers have answered (refused or not) after the burst is spent.
+        while len(statuses) < 2 * burst or len(_statuses_by_pid(metrics_dir, "/models")) < 2:
+            assert time.monotonic() < deadline, _statuses_by_pid(metrics_dir, "/models")
+            statuses.append(httpx.get(f"{url}/models", headers={"Connection": "close"}, timeout=10).status_code)
+        by_worker = _statuses_by_pid(metrics_dir, "/models")
+        assert statuses.count(200) == burst and set(statuses) == {200, 429}, (statuses, by_worker)
+        assert sum(counts["200"] for counts in by_worker.values()) == burst
+        assert stop_process(process, 30) == 0
+    table = metrics_dir / "rate-limit.table"
+    assert not table.exists()  # removed at exit
