@@ -81,7 +81,7 @@ def test_log_format_is_json_or_text() -> None:
 def test_unhandled_error_traceback_is_one_json_line_with_the_request_id(
     gateway_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_preprocess(self: QATask, request: object) -> object:
+    def broken_preprocess(self: QATask, request: object, region: object = None) -> object:
         raise RuntimeError("injected by the test")
 
     stream = io.StringIO()

@@ -20,7 +20,7 @@ def _local_port(response: httpx.Response) -> int:
 def test_unhandled_error_is_json_500_with_request_id_on_a_kept_connection(
     gateway_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_preprocess(self: QATask, request: object) -> object:
+    def broken_preprocess(self: QATask, request: object, region: object = None) -> object:
         raise RuntimeError("injected by the test")
 
     with httpx.Client(base_url=gateway_url, timeout=60) as client:
@@ -37,6 +37,7 @@ def test_unhandled_error_is_json_500_with_request_id_on_a_kept_connection(
         assert "close" not in failed.headers.get("connection", "")
         logged = [r for r in caplog.records if r.name == "gateway.server_errors"]
         assert logged and "boom-42" in logged[-1].getMessage() and logged[-1].exc_info is not None
+        assert str(logged[-1].exc_info[1]) == "injected by the test"  # that error, not another one
 
         monkeypatch.undo()
         after = client.post("/qa", json=QUESTION)
