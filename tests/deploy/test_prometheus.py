@@ -212,8 +212,10 @@ def test_dashboard_panels_return_data(
     ):
         log = tmp_path / "prometheus.log"
         statuses = _load(gateway, chelsea_jpeg, 1)
-        # Round 2 once Prometheus holds round 1's series, so every rate() sees an increase.
-        wait_for(prometheus, 'gateway_requests_total{route="/classify",status="200"}', bool, log)
+        # Round 2 once Prometheus holds round 1's series, so every rate() sees an increase: wait for its last
+        # request, the bad image (a scrape between the classify requests and it held no error series yet, and
+        # under load the next scrape came only after round 2: one sample, no rate, the errors panel empty).
+        wait_for(prometheus, 'gateway_requests_total{route="/detect",status="400"}', bool, log)
         statuses |= _load(gateway, chelsea_jpeg, 2)
         assert statuses == {rid: 400 if rid.startswith("bad-") else 200 for rid in statuses}, statuses
         wait_for(
