@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -22,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import IO
 
 from triton_local import probe, stubs
@@ -34,6 +36,32 @@ _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@functools.cache
+def _env_resets_signals() -> bool:
+    """Whether this system's ``env`` has ``--default-signal`` (GNU coreutils 8.31 and later)."""
+    try:
+        return subprocess.run(["env", "--default-signal=INT", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def sigint_restored(cmd: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``cmd`` and a ``preexec_fn`` such that the child gets SIGINT's default disposition back.
+
+    A parent started in the background by a shell ignores SIGINT, and children inherit that, so
+    stop()'s SIGINT would not reach tritonserver. ``env --default-signal=INT`` restores it in the
+    exec'd program; only without it, a ``preexec_fn``. That forces a full ``fork()`` with Python code
+    in the child, which gRPC's fork handlers (grpcio 1.80 and later, grpc/grpc#43055) can abort (-6,
+    "epoll_wait error: Bad file descriptor") while this process's gRPC clients are busy: seen on a
+    loaded host, four tritonservers of the fault tests dead before they started.
+    """
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        return cmd, None
+    if _env_resets_signals():
+        return ["env", "--default-signal=INT", *cmd], None
+    return cmd, _default_sigint
 
 
 class TritonServerError(RuntimeError):
@@ -201,15 +229,13 @@ class TritonServer:
             self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.config.log_file, "ab")  # noqa: SIM115 - closed in stop()
             stdout = self._log
+        cmd, preexec_fn = sigint_restored(cmd)  # stop()'s SIGINT reaches tritonserver
         self._process = subprocess.Popen(
             cmd,
             env=self.environment(),
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout else None,
-            # A parent started in the background by a shell ignores SIGINT, and children inherit
-            # that; restore the default so stop()'s SIGINT always reaches tritonserver. Only then:
-            # a preexec_fn forces a full fork(), unsafe while other threads (gRPC clients) run.
-            preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,
+            preexec_fn=preexec_fn,
         )
         try:
             self.wait_ready(self.config.startup_timeout_s)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from triton_local.process import stop_process
+from triton_local.server import sigint_restored
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +63,25 @@ def test_an_exited_child_is_not_signalled() -> None:
     os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
     assert stop_process(process, 30) == 5
     assert stop_process(process, 30) == 5  # reaped already: the same answer, nothing sent
+
+
+def test_a_server_started_with_sigint_ignored_gets_it_back_without_a_preexec_fn() -> None:
+    """As a shell's background job starts the tests: SIGINT is ignored and children inherit that. The
+    command restores it through ``env`` (a ``preexec_fn`` forces a full fork that gRPC can abort)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = "import signal, time; print(signal.getsignal(signal.SIGINT), flush=True); time.sleep(60)"
+        cmd, preexec_fn = sigint_restored([sys.executable, "-c", code])
+        process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=preexec_fn
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert preexec_fn is None and cmd[:2] == ["env", "--default-signal=INT"]
+    assert process.stdout is not None
+    assert "default_int_handler" in process.stdout.readline()  # not 1 (SIG_IGN)
+    assert stop_process(process, 30) == -signal.SIGINT
+
+
+def test_sigint_not_ignored_runs_the_command_as_it_is() -> None:
+    assert sigint_restored(["tritonserver"]) == (["tritonserver"], None)
